@@ -1,0 +1,75 @@
+"""Building blocks of the Llama-style decoder: RMSNorm, Linear, Embed, RoPE.
+
+Every parameter carries ``logical_axes`` metadata (see :mod:`models.partitioning`).
+``Linear`` computes ``x @ kernel`` through :func:`dot`, which is the single place where a
+quantized kernel (``quant.QuantizedWeight``) is dispatched to the low-bit matmul.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def _normal(rngs: nnx.Rngs, shape, std: float, dtype):
+  return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+
+
+def dot(x, kernel):
+  """``x @ kernel`` for a dense array or a ``quant.QuantizedWeight`` (low-bit matmul)."""
+  if hasattr(kernel, "packed"):  # a QuantizedWeight
+    from kernels_pallas import lowbit_matmul  # pylint: disable=g-import-not-at-top
+    return lowbit_matmul.lowbit_matmul(x, kernel)
+  return jnp.einsum("...k,kn->...n", x, kernel.astype(x.dtype))
+
+
+class Linear(nnx.Module):
+  """Bias-free linear layer, kernel in Flax layout ``[in_features, out_features]``."""
+
+  def __init__(self, in_features: int, out_features: int, *, logical_axes, rngs: nnx.Rngs,
+               param_dtype=jnp.float32, std: float | None = None):
+    std = in_features**-0.5 if std is None else std
+    self.kernel = nnx.Param(_normal(rngs, (in_features, out_features), std, param_dtype),
+                            logical_axes=tuple(logical_axes))
+
+  def __call__(self, x):
+    return dot(x, self.kernel[...])
+
+
+class RMSNorm(nnx.Module):
+  """``y = x / sqrt(mean(x^2) + eps) * scale``, computed in f32."""
+
+  def __init__(self, dim: int, *, eps: float = 1e-6, param_dtype=jnp.float32):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=("norm",))
+
+  def __call__(self, x):
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class Embed(nnx.Module):
+  """Token embedding; ``attend`` reuses it as the output projection (tied embeddings)."""
+
+  def __init__(self, vocab_size: int, dim: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    # std 1/sqrt(dim): with tied embeddings the output logits start at unit scale.
+    self.embedding = nnx.Param(_normal(rngs, (vocab_size, dim), dim**-0.5, param_dtype),
+                               logical_axes=("vocab", "embed"))
+
+  def __call__(self, tokens, dtype):
+    return jnp.take(self.embedding[...], tokens, axis=0).astype(dtype)
+
+  def attend(self, x):
+    return jnp.einsum("...d,vd->...v", x, self.embedding[...].astype(x.dtype))
+
+
+def rope(x, positions, *, theta: float):
+  """Rotary position embedding (rotate-half form) on ``x[..., seq, heads, head_dim]``."""
+  head_dim = x.shape[-1]
+  freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  angles = positions[..., None].astype(jnp.float32) * freq  # [..., seq, head_dim/2]
+  sin, cos = jnp.sin(angles)[..., None, :], jnp.cos(angles)[..., None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)

@@ -1,0 +1,92 @@
+"""The model: decode cache == full forward, segment isolation, GQA vs per-head attention."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from models import transformer as T
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  cfg = T.preset("tiny", n_layers=2)
+  graphdef, params = T.init(cfg, seed=0)
+  return cfg, graphdef, params
+
+
+def test_param_count_and_logical_axes(tiny):
+  cfg, _, params = tiny
+  assert sum(x.size for x in jax.tree.leaves(params)) == cfg.num_params()
+  axes = T.logical_axes(cfg)
+  for (path, x), (_, a) in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                               jax.tree_util.tree_flatten_with_path(
+                                   axes, is_leaf=lambda v: isinstance(v, tuple))[0]):
+    assert isinstance(a, tuple) and len(a) == x.ndim, (path, a)
+
+
+def test_kv_cache_decode_matches_full_forward(tiny):
+  cfg, graphdef, params = tiny
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
+  full = T.apply(graphdef, params, tokens)
+  step = jax.jit(lambda p, t, pos, c: T.apply(graphdef, p, t, pos, None, c))
+  cache = T.init_cache(cfg, 2, 16)
+  pos = jnp.broadcast_to(jnp.arange(7), (2, 7))
+  logits, cache = step(params, tokens[:, :7], pos, cache)
+  np.testing.assert_allclose(logits, full[:, :7], atol=1e-5)
+  for t in range(7, 12):
+    step_logits, cache = step(params, tokens[:, t:t + 1], jnp.full((2, 1), t), cache)
+    np.testing.assert_allclose(step_logits[:, 0], full[:, t], atol=1e-4)
+
+
+def test_packed_segments_do_not_see_each_other(tiny):
+  cfg, graphdef, params = tiny
+  a = jax.random.randint(jax.random.key(2), (1, 6), 0, cfg.vocab_size)
+  b = jax.random.randint(jax.random.key(3), (1, 5), 0, cfg.vocab_size)
+  b2 = jax.random.randint(jax.random.key(4), (1, 5), 0, cfg.vocab_size)
+  seg = jnp.array([[1] * 6 + [2] * 5])
+  pos = jnp.array([list(range(6)) + list(range(5))])
+  packed = T.apply(graphdef, params, jnp.concatenate([a, b], 1), pos, seg)
+  alone = T.apply(graphdef, params, b)
+  # The second document packed after the first == the document on its own.
+  np.testing.assert_allclose(packed[:, 6:], alone, atol=1e-5)
+  # And changing it leaves the first document's logits untouched.
+  packed2 = T.apply(graphdef, params, jnp.concatenate([a, b2], 1), pos, seg)
+  np.testing.assert_allclose(packed[:, :6], packed2[:, :6], atol=0)
+
+
+def test_gqa_attention_equals_per_head_softmax():
+  key = jax.random.split(jax.random.key(5), 3)
+  q = jax.random.normal(key[0], (2, 5, 4, 8))
+  k = jax.random.normal(key[1], (2, 7, 2, 8))
+  v = jax.random.normal(key[2], (2, 7, 2, 8))
+  mask = jax.random.bernoulli(jax.random.key(6), 0.7, (2, 5, 7)).at[:, :, 0].set(True)
+  out = T.attend(q, k, v, mask)
+  qn, kn, vn, mn = map(np.asarray, (q, k, v, mask))
+  for h in range(4):
+    kv = h // 2  # query heads are grouped consecutively per kv head
+    s = np.einsum("btd,bsd->bts", qn[:, :, h], kn[:, :, kv]) / np.sqrt(8)
+    s = np.where(mn, s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out[:, :, h], np.einsum("bts,bsd->btd", p, vn[:, :, kv]),
+                               atol=1e-5)
+
+
+def test_loss_ignores_padding_and_segment_boundaries():
+  logits = jax.random.normal(jax.random.key(7), (1, 6, 10))
+  batch = {"tokens": jnp.array([[1, 2, 3, 4, 5, 0]]),
+           "segment_ids": jnp.array([[1, 1, 1, 2, 2, 0]])}
+  nll, count = T.lm_loss(logits, batch)
+  assert float(count) == 3.0  # 1->2, 2->3, 4->5; not 3->4 (new segment), not padding
+  lp = jax.nn.log_softmax(logits[0])
+  want = -(lp[0, 2] + lp[1, 3] + lp[3, 5])
+  np.testing.assert_allclose(nll, want, rtol=1e-6)
+
+
+def test_bad_model_config():
+  with pytest.raises(ValueError, match="multiple of n_kv_heads"):
+    T.ModelConfig(n_heads=6, n_kv_heads=4)
+  with pytest.raises(ValueError, match="unknown model size"):
+    T.preset("huge")
+  with pytest.raises(ValueError, match="unknown model config keys"):
+    T.ModelConfig.from_dict({"d_modle": 3})

@@ -1,0 +1,47 @@
+"""Train a language model.
+
+  python train/main.py --config configs/lm_tiny.py --workdir workdirs/lm_tiny
+  python train/main.py --config configs/lm_tiny.py --config.optim.lr=1e-3 --workdir ...
+  python train/main.py --config configs/lm_1b.py --compile_only   # memory analysis, no run
+
+Re-running with the same --workdir resumes from its latest checkpoint.
+"""
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, export).")
+flags.DEFINE_bool("overwrite", False, "Delete an incompatible run in --workdir and start over.")
+flags.DEFINE_bool("compile_only", False, "Compile the train step, print memory, don't run.")
+flags.DEFINE_bool("distributed", os.environ.get("EFFIJAX_DISTRIBUTED") == "1",
+                  "Call jax.distributed.initialize() (multi-host TPU pods / GPU clusters).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  if flags.FLAGS.distributed:
+    jax.distributed.initialize()
+  from train import sharding, train  # pylint: disable=g-import-not-at-top
+  config = flags.FLAGS.config
+  if flags.FLAGS.compile_only:
+    out = train.compile_only(config, sharding.make_mesh(config.mesh))
+    print(json.dumps(out, indent=2))
+    return
+  if not flags.FLAGS.workdir:
+    raise app.UsageError("--workdir is required to train.")
+  logging.set_verbosity(logging.INFO)
+  result = train.train_and_evaluate(config, flags.FLAGS.workdir,
+                                    overwrite=flags.FLAGS.overwrite)
+  print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}))
+
+
+if __name__ == "__main__":
+  app.run(main)
