@@ -223,14 +223,31 @@ def resolve_data_dir(data_dir: str | None) -> str:
   return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
 
 
+_BUILDERS: dict[tuple, PythonStdlib] = {}
+
+
 def load_builder(data_dir: str | None = None, *, max_files: int | None = None,
                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                  validation_permille: int = DEFAULT_VALIDATION_PERMILLE,
                  root: str | None = None) -> PythonStdlib:
-  """Returns the prepared builder, preparing it (once, atomically) if needed."""
+  """Returns the prepared builder, preparing it (once, atomically) if needed.
+
+  Builders are memoised per process (the scan reads every file); one whose directory has
+  disappeared since is rebuilt.
+  """
+  key = (resolve_data_dir(data_dir), max_files, max_file_bytes, validation_permille, root)
+  builder = _BUILDERS.get(key)
+  if builder is None or not builder.is_prepared():
+    builder = _BUILDERS[key] = _load_builder(key[0], max_files=max_files,
+                                             max_file_bytes=max_file_bytes,
+                                             validation_permille=validation_permille, root=root)
+  return builder
+
+
+def _load_builder(data_dir: str, *, max_files, max_file_bytes, validation_permille,
+                  root) -> PythonStdlib:
   config = make_config(root=root, max_files=max_files, max_file_bytes=max_file_bytes,
                        validation_permille=validation_permille)
-  data_dir = resolve_data_dir(data_dir)
   builder = PythonStdlib(config=config, data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
     start = time.perf_counter()
