@@ -150,7 +150,8 @@ def make_config(*, root: str | None = None, max_files: int | None = None,
   manifest = scan_stdlib(root, max_files=max_files, max_file_bytes=max_file_bytes)
   major, minor = sys.version_info[:2]
   # The split rule is part of the dataset identity, the file list is in the fingerprint.
-  split_tag = "" if validation_permille == DEFAULT_VALIDATION_PERMILLE else f"_v{validation_permille}"
+  split_tag = ("" if validation_permille == DEFAULT_VALIDATION_PERMILLE
+               else f"_v{validation_permille}")
   return StdlibConfig(
       name=f"py{major}{minor}_{manifest.fingerprint[:12]}{split_tag}",
       description=(f"Python {manifest.python_version} stdlib: {len(manifest.paths)} files, "
@@ -164,6 +165,10 @@ class PythonStdlib(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Stdlib .py files, rules in data/stdlib_corpus.py."}
+
+  def __init__(self, *, file_format=None, **kwargs):
+    # ArrayRecord by default, so that plain `tfds.data_source("python_stdlib")` works too.
+    super().__init__(file_format=file_format or "array_record", **kwargs)
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -220,7 +225,8 @@ def resolve_data_dir(data_dir: str | None) -> str:
   """`data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (TFDS' own default)."""
   if data_dir:
     return os.path.expanduser(str(data_dir))
-  return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+  default = os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+  return os.environ.get("TFDS_DATA_DIR", default)
 
 
 _BUILDERS: dict[tuple, PythonStdlib] = {}

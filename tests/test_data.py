@@ -63,7 +63,8 @@ def test_scan_rules_on_a_synthetic_stdlib(tmp_path):
   manifest = sc.scan_stdlib(str(tmp_path), max_file_bytes=4096)
   assert manifest.paths == ("a.py", "pkg/b.py")
   assert manifest.num_bytes == len("def a():\n  return 'ä'\n".encode()) + len("class B:\n  pass\n")
-  assert sc.scan_stdlib(str(tmp_path), max_file_bytes=10_000).paths == ("a.py", "big.py", "pkg/b.py")
+  larger = sc.scan_stdlib(str(tmp_path), max_file_bytes=10_000)
+  assert larger.paths == ("a.py", "big.py", "pkg/b.py")
   assert sc.scan_stdlib(str(tmp_path), max_file_bytes=4096, max_files=1).paths[0] in manifest.paths
 
 
@@ -149,7 +150,10 @@ def test_preparation_is_idempotent_and_atomic(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_full_default_corpus_prepares(tmp_path):
-  info = sc.describe_corpus(str(tmp_path))
+  # Plain TFDS entry point, as a user would call it: prepares on first use.
+  validation = tfds.data_source(sc.NAME, split="validation", data_dir=str(tmp_path))
+  info = sc.describe_corpus(str(tmp_path))  # Reuses the preparation above.
+  assert len(validation) == info["splits"]["validation"]
   assert info["num_files"] > 300 and 2e6 < info["num_bytes"] < 25e6
   assert sum(info["splits"].values()) == info["num_files"]
   assert 0 < info["splits"]["validation"] < 0.06 * info["num_files"]

@@ -1,6 +1,9 @@
 """Tokenizers: round trips, special ids, token_bytes sums, spec parsing and errors."""
 import numpy as np
 import pytest
+import sentencepiece as spm  # [dev] extra: trains the tiny test models in-process.
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from data import tokenizers as tok_lib
 
@@ -13,7 +16,8 @@ TEXTS = [
 
 TRAIN_LINES = [
     "def add(a, b):", "    return a + b", "class Point:", "    x: int = 0",
-    "naïve café über straße", "東京 大阪 京都", "the quick brown fox jumps over the lazy dog",
+    "naïve café über straße", "東京 大阪 京都",
+    "the quick brown fox jumps over the lazy dog",
     "import numpy as np", "for i in range(10): print(i)", "while True: break",
 ] * 20
 
@@ -45,7 +49,6 @@ def test_byte_tokenizer_ids_and_round_trip():
 
 
 def test_sentencepiece_trained_in_process(tmp_path):
-  spm = pytest.importorskip("sentencepiece")
   prefix = str(tmp_path / "sp")
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(TRAIN_LINES), model_prefix=prefix, vocab_size=320,
@@ -62,8 +65,6 @@ def test_sentencepiece_trained_in_process(tmp_path):
 
 
 def test_hf_bpe_trained_in_process(tmp_path):
-  tokenizers = pytest.importorskip("tokenizers")
-  from tokenizers import decoders, models, pre_tokenizers, trainers
   hf = tokenizers.Tokenizer(models.BPE())
   hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   hf.decoder = decoders.ByteLevel()
@@ -81,9 +82,7 @@ def test_hf_bpe_trained_in_process(tmp_path):
 
 
 def test_hf_eos_only_tokenizer_reuses_eos(tmp_path):
-  pytest.importorskip("tokenizers")
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  hf = Tokenizer(models.BPE())
+  hf = tokenizers.Tokenizer(models.BPE())
   hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   hf.decoder = decoders.ByteLevel()
   hf.train_from_iterator(TRAIN_LINES, trainer=trainers.BpeTrainer(
