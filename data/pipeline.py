@@ -121,7 +121,7 @@ class _Tokenize(grain.transforms.Map):
   def map(self, record):
     text = record[self._text_key]
     if isinstance(text, bytes):
-      text = text.decode("utf-8")
+      text = text.decode("utf-8", errors="replace")  # A stray bad byte must not stop a run.
     return {"tokens": np.concatenate(
         [self._bos, tokenizers_lib.encode_array(self._tokenizer, text), self._eos])}
 
