@@ -6,6 +6,7 @@ closest valid key.
 """
 import ml_collections
 
+from data import pipeline as data_pipeline
 from models import transformer
 
 
@@ -14,13 +15,11 @@ def base_config(size: str = "tiny") -> ml_collections.ConfigDict:
   c.seed = 0
   c.model = transformer.preset(size).to_dict()
 
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "python_stdlib"  # the bundled corpus, or any locally prepared TFDS text dataset
-  c.data.text_key = "text"
-  c.data.tokenizer = "byte"  # "byte" | "sentencepiece:PATH" | "hf:PATH/tokenizer.json"
+  # name: "python_stdlib" (the bundled corpus) or any locally prepared TFDS text dataset;
+  # tokenizer: "byte" | "sentencepiece:PATH" | "hf:PATH/tokenizer.json".
+  c.data = data_pipeline.default_config()
   c.data.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS default
-  c.data.train_split = "train"
-  c.data.eval_split = "validation"
+  c.data.max_files = ml_collections.config_dict.placeholder(int)
   c.data.seq_len = 256
 
   c.train = ml_collections.ConfigDict()

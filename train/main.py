@@ -29,6 +29,8 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   if flags.FLAGS.distributed:
     jax.distributed.initialize()
+  if not flags.FLAGS["verbosity"].present:  # Orbax/absl INFO logs drown the progress lines
+    logging.set_verbosity(logging.WARNING)
   from train import sharding, train  # pylint: disable=g-import-not-at-top
   config = flags.FLAGS.config
   if flags.FLAGS.compile_only:
@@ -37,7 +39,6 @@ def main(argv):
     return
   if not flags.FLAGS.workdir:
     raise app.UsageError("--workdir is required to train.")
-  logging.set_verbosity(logging.INFO)
   result = train.train_and_evaluate(config, flags.FLAGS.workdir,
                                     overwrite=flags.FLAGS.overwrite)
   print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}))

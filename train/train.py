@@ -164,15 +164,17 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
 
   # ----------------------------------------------------------------------------- Setup ------
   workdir = Path(workdir).absolute()
-  prepare_workdir(config, workdir, overwrite=overwrite)
   is_main = jax.process_index() == 0
+  def say(msg):
+    if is_main:
+      print(msg, flush=True)
+  prepare_workdir(config, workdir, overwrite=overwrite)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   total_steps = int(config.train.steps)
 
   # ------------------------------------------------------------------------------ Mesh ------
   mesh = sharding_lib.make_mesh(config.mesh, devices)
-  logging.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size,
-               jax.default_backend())
+  say(f"mesh {dict(mesh.shape)} over {mesh.size} {jax.default_backend()} device(s)")
 
   # ----------------------------------------------------------------------------- Input ------
   tok = tokenizers.get_tokenizer(config.data.tokenizer)
@@ -210,7 +212,7 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
   eval_step = jax.jit(parts["wrap"](step_lib.make_eval_step(parts["graphdef"], token_bytes)),
                       in_shardings=(parts["state_shardings"]["params"],
                                     parts["batch_sharding"]), out_shardings=repl)
-  logging.info("model: %s params", f"{cfg.num_params():,}")
+  say(f"model: {cfg.num_params():,} params; global batch {gbs} x {seq_len} tokens")
 
   # ------------------------------------------------------------------------ Checkpoint ------
   ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=int(config.train.keep_checkpoints),
@@ -223,7 +225,7 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
     state, data_state = ckpt.restore(restore_step, target)
     if data_state:
       train_iter.set_state(data_state)
-    logging.info("resumed from checkpoint step %d in %s", restore_step, ckpt.directory)
+    say(f"resumed from checkpoint step {restore_step} in {ckpt.directory}")
   else:
     state = parts["init"]()
   step = int(jax.device_get(state["step"]))
@@ -300,8 +302,8 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
         ckpt.save(step, state, train_iter.get_state())
         last_good = step
       if stop_now:
-        logging.info("stopping at step %d (%s)", step,
-                     "preemption" if preempted["flag"] else "stop_after")
+        say(f"stopping at step {step} after saving a checkpoint "
+            f"({'preemption' if preempted['flag'] else 'stop_after'})")
         break
     flush_pending()
   finally:
