@@ -257,20 +257,20 @@ def _plan_tpu(m, qw: QuantizedWeight, block_sizes) -> _TpuPlan:
     if cfg[name] % mult:
       raise ValueError(f"block_sizes[{name!r}]={cfg[name]} must be a multiple of {mult} for "
                        "pallas_tpu ((8, 128) tiles; bf16 packs 16 sublanes).")
-  min_chunk = 8 * (32 if bits == 3 else 32 // bits)  # word slab fills whole 8-row tiles
-  chunk = max(cfg["chunk"], min_chunk)
-  if qw.dim == "oc" and g % chunk and chunk % g:
-    chunk = g  # a chunk must hold whole groups or lie inside one
+  # The word slab of a chunk fills whole 8-row tiles; a per-OC chunk holds whole groups or
+  # lies inside one.
+  unit = max(128, 8 * (32 if bits == 3 else 32 // bits))
+  whole_groups = (lambda t: t % g == 0 or g % t == 0) if qw.dim == "oc" else (lambda t: True)
+  chunk = _largest_multiple_divisor(k, unit, max(cfg["chunk"], unit), whole_groups)
+  if chunk is None:
+    raise ValueError(f"pallas_tpu needs in_features K={k} to be a multiple of {unit} for "
+                     f"{bits}-bit weights (one unpack chunk); use impl='reference'.")
   bm = min(cfg["bm"], -(-m // 16) * 16)
   tn = _largest_multiple_divisor(n if qw.dim == "oc" else math.gcd(n, g), 128, cfg["tn"])
   # Per-OC: a K tile holds whole groups or lies inside one (the scale BlockSpec needs it).
-  fits = (lambda t: t % g == 0 or g % t == 0) if qw.dim == "oc" else (lambda t: True)
-  tk = _largest_multiple_divisor(k, chunk, max(cfg["tk"], chunk), fits)
+  tk = _largest_multiple_divisor(k, chunk, max(cfg["tk"], chunk), whole_groups)
   if tn is None:
     raise ValueError(f"pallas_tpu needs out_features N={n} to be a multiple of 128.")
-  if tk is None:
-    raise ValueError(f"pallas_tpu needs in_features K={k} to be a multiple of {chunk} for "
-                     f"{bits}-bit weights (one unpack chunk); use impl='reference'.")
   return _TpuPlan(bm, tn, tk, chunk)
 
 
