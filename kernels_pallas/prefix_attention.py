@@ -108,6 +108,7 @@ def merge_attention(outs: Sequence[jax.Array], lses: Sequence[jax.Array]):
                         jnp.stack([l.astype(jnp.float32) for l in lses]))
 
 
+@jax.jit
 def _merge_stacked(outs, lses):
   """merge_attention over axis 0 of stacked ``outs [K, ..., D]``, ``lses [K, ...]``."""
   m = jnp.max(lses, axis=0)
@@ -437,6 +438,19 @@ def _grouped_attention(q, k, v, per_seq_limit, group_sizes, *, sm_scale, impl, i
   regime = "decode" if sq == 1 else "prefill"
   rows = max(group_sizes) * sq * (hq // hkv)
   blocks = _blocks_for(impl, regime, rows, d, hkv, block_sizes)
+  return _grouped_attention_jit(q, k, v, per_seq_limit, group_sizes=group_sizes,
+                                sm_scale=sm_scale, impl=impl, interpret=interpret,
+                                blocks=tuple(sorted(blocks.items())), out_dtype=out_dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("group_sizes", "sm_scale", "impl", "interpret",
+                                             "blocks", "out_dtype"))
+def _grouped_attention_jit(q, k, v, per_seq_limit, *, group_sizes, sm_scale, impl,
+                           interpret, blocks, out_dtype):
+  b, sq, hq, d = q.shape
+  hkv = k.shape[2]
+  regime = "decode" if sq == 1 else "prefill"
+  blocks = dict(blocks)
   q_rows, rows = _fold(q, hkv, group_sizes, blocks["block_m"])
   row_limit = _row_limits(per_seq_limit.astype(jnp.int32), group_sizes, sq, hq // hkv,
                           q_rows.shape[2])
@@ -529,12 +543,21 @@ def shared_prefix_attention(q, levels: Sequence[PrefixLevel], suffix_k, suffix_v
   ``q_positions`` (optional) are suffix positions as in :func:`suffix_attention`.
   Returns ``(out [B, Sq, Hq, D] in out_dtype or q.dtype, lse f32 [B, Sq, Hq])``.
   """
-  outs, lses = [], []
   for i, level in enumerate(levels):
     if not isinstance(level, PrefixLevel):
       raise ValueError(f"levels[{i}] must be a PrefixLevel, got {type(level).__name__}.")
     if level.k.ndim != 4:
       raise ValueError(f"levels[{i}].k must be [num_groups, P, Hkv, D], got {level.k.shape}.")
+  return _shared_prefix_attention_jit(q, tuple(levels), suffix_k, suffix_v, suffix_lengths,
+                                      q_positions, sm_scale=sm_scale, impl=impl,
+                                      interpret=interpret, out_dtype=out_dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("sm_scale", "impl", "interpret", "out_dtype"))
+def _shared_prefix_attention_jit(q, levels, suffix_k, suffix_v, suffix_lengths, q_positions,
+                                 *, sm_scale, impl, interpret, out_dtype):
+  outs, lses = [], []
+  for level in levels:
     o, l = prefix_attention(q, level.k, level.v, prefix_len=level.lengths,
                             group_sizes=level.group_sizes, sm_scale=sm_scale, impl=impl,
                             interpret=interpret)
@@ -548,6 +571,7 @@ def shared_prefix_attention(q, levels: Sequence[PrefixLevel], suffix_k, suffix_v
   return out.astype(out_dtype or q.dtype), lse
 
 
+@functools.partial(jax.jit, static_argnames=("sm_scale",))
 def reference_attention(q, k_full, v_full, lengths, *, q_positions=None, sm_scale=None):
   """Test oracle: plain softmax attention of each sequence over its own full KV.
 
