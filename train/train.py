@@ -169,7 +169,6 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
     if is_main:
       print(msg, flush=True)
   prepare_workdir(config, workdir, overwrite=overwrite)
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   total_steps = int(config.train.steps)
 
   # ------------------------------------------------------------------------------ Mesh ------
@@ -203,6 +202,8 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
         break
       yield batch
 
+  train_iter = train_iterator()  # before compiling anything: data errors surface first
+
   # ------------------------------------------------------------ Model + optimizer ------
   parts = build(config, mesh)
   repl = sharding_lib.replicated(mesh)
@@ -217,7 +218,6 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
   # ------------------------------------------------------------------------ Checkpoint ------
   ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=int(config.train.keep_checkpoints),
                                async_save=bool(config.train.async_checkpoint))
-  train_iter = train_iterator()
   restore_step = config.train.get("restore_step", None)
   restore_step = ckpt.latest_step() if restore_step is None else int(restore_step)
   if restore_step is not None:
@@ -225,11 +225,16 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
     state, data_state = ckpt.restore(restore_step, target)
     if data_state:
       train_iter.set_state(data_state)
+    if is_main:  # rows logged after the checkpoint by the interrupted run are redone
+      metrics_lib.truncate_after(workdir, restore_step)
+      for moved in ckpt.set_aside_after(restore_step):
+        say(f"moved newer checkpoint aside (not deleted): {moved}")
     say(f"resumed from checkpoint step {restore_step} in {ckpt.directory}")
   else:
     state = parts["init"]()
   step = int(jax.device_get(state["step"]))
   last_good = restore_step
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
 
   # ------------------------------------------------------------------------------ Loop ------
   preempted = {"flag": False}
@@ -311,6 +316,13 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
     writer.close()
     if prev_handler is not None:
       signal.signal(signal.SIGTERM, prev_handler)
+
+  if last_eval and step >= total_steps:
+    # The bar to beat: a model that ignores context scores the unigram entropy.
+    h1 = data_pipeline.unigram_entropy(config.data, config.data.eval_split)
+    last_eval["unigram_entropy"] = h1
+    say(f"final validation loss {last_eval['eval_loss']:.4f} nats/token vs unigram entropy "
+        f"{h1:.4f} nats/token of the validation split")
 
   # ---------------------------------------------------------------------------- Export ------
   if bool(config.train.export) and step >= total_steps:
