@@ -33,7 +33,7 @@ class Linear(nnx.Module):
                             logical_axes=tuple(logical_axes))
 
   def __call__(self, x):
-    return dot(x, self.kernel[...])
+    return dot(x, self.kernel.get_value())  # [...] would index a QuantizedWeight
 
 
 class RMSNorm(nnx.Module):
