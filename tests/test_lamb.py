@@ -12,27 +12,35 @@ from optim.lamb import lamb
 NO_EXCLUDE = dict(exclude_from_weight_decay=(), exclude_from_layer_adaptation=())
 
 
-def _mlp_params(key, zero_bias=True):
-  k1, k2, k3 = jax.random.split(key, 3)
+# Test data comes from numpy: eager jax.random calls each compile, which dominates CPU time.
+def _normal(seed, shape, scale=1.0):
+  return jnp.asarray(np.random.default_rng(seed).normal(size=shape) * scale, jnp.float32)
+
+
+def _mlp_params(seed, zero_bias=True):
   return {
-      "layers": {"0": {"dense": {"kernel": jax.random.normal(k1, (6, 16)) * 0.5,
+      "layers": {"0": {"dense": {"kernel": _normal(seed, (6, 16), 0.5),
                                  "bias": jnp.zeros((16,)) if zero_bias else jnp.ones((16,))},
                        "mlp_norm": {"scale": jnp.ones((16,))}}},
-      "head": {"kernel": jax.random.normal(k2, (16, 3)) * 0.3},
-      "embed": {"embedding": jax.random.normal(k3, (5, 6))},
+      "head": {"kernel": _normal(seed + 1, (16, 3), 0.3)},
+      "embed": {"embedding": _normal(seed + 2, (5, 6))},
   }
 
 
 def _mlp_loss(params, x, y):
   h = x @ params["layers"]["0"]["dense"]["kernel"] + params["layers"]["0"]["dense"]["bias"]
   h = jnp.tanh(h) * params["layers"]["0"]["mlp_norm"]["scale"]
-  logits = h @ params["head"]["kernel"] + jnp.sum(params["embed"]["embedding"]) * 1e-2
+  logits = h @ params["head"]["kernel"] + (x @ params["embed"]["embedding"].T)[:, :3] * 0.1
   return -jnp.mean(jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(y, 3), -1))
 
 
-def _data(key, n=64):
-  kx, ky = jax.random.split(key)
-  return jax.random.normal(kx, (n, 6)), jax.random.randint(ky, (n,), 0, 3)
+def _data(seed, n=64):
+  return _normal(seed, (n, 6)), jnp.asarray(np.random.default_rng(seed).integers(0, 3, n))
+
+
+def _first_update(tx, grads, params):
+  """``tx.update`` from a fresh state, jitted (eager dispatch of the many small ops is slow)."""
+  return jax.jit(tx.update)(grads, tx.init(params), params)
 
 
 def _run(tx, params, x, y, steps):
@@ -51,8 +59,8 @@ def _run(tx, params, x, y, steps):
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_matches_optax_lamb_over_60_steps(weight_decay):
-  params = _mlp_params(jax.random.key(0))
-  x, y = _data(jax.random.key(1))
+  params = _mlp_params(0)
+  x, y = _data(1)
   ours = _run(lamb(3e-3, weight_decay=weight_decay, **NO_EXCLUDE), params, x, y, 60)
   ref = _run(optax.lamb(3e-3, weight_decay=weight_decay), params, x, y, 60)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), ours, ref)
@@ -62,8 +70,8 @@ def test_matches_optax_lamb_over_60_steps(weight_decay):
 
 def test_matches_optax_lamb_decay_mask_when_only_decay_excluded():
   # exclude_from_layer_adaptation=() keeps the trust ratio on excluded leaves, like optax's mask.
-  params = _mlp_params(jax.random.key(0), zero_bias=False)
-  x, y = _data(jax.random.key(1))
+  params = _mlp_params(0, zero_bias=False)
+  x, y = _data(1)
   ours = _run(lamb(1e-2, weight_decay=0.1, exclude_from_layer_adaptation=()), params, x, y, 20)
   mask = lamb_lib.path_mask(lamb_lib.DEFAULT_EXCLUDE)
   ref = _run(optax.lamb(1e-2, weight_decay=0.1, mask=mask), params, x, y, 20)
@@ -85,7 +93,7 @@ def test_first_step_closed_form(bias_correction):
   lr, b1, b2, eps, wd = 0.1, 0.8, 0.95, 1e-3, 0.05
   tx = lamb(lr, b1, b2, eps, weight_decay=wd, bias_correction=bias_correction, **NO_EXCLUDE)
   cast = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), t)
-  updates, _ = tx.update(cast(g), tx.init(cast(x)), cast(x))
+  updates, _ = _first_update(tx, cast(g), cast(x))
   for k in x:
     u = _adam_direction(g[k], b1, b2, eps, bias_correction) + wd * x[k]
     ratio = np.linalg.norm(x[k]) / np.linalg.norm(u)
@@ -94,14 +102,13 @@ def test_first_step_closed_form(bias_correction):
 
 
 def test_exclusions_get_plain_adam_without_decay():
-  params = _mlp_params(jax.random.key(2), zero_bias=False)
-  x, y = _data(jax.random.key(3))
-  grads = jax.grad(_mlp_loss)(params, x, y)
+  params = _mlp_params(2, zero_bias=False)
+  x, y = _data(3)
+  grads = jax.jit(jax.grad(_mlp_loss))(params, x, y)
   lr, wd = 1e-2, 0.3
-  tx = lamb(lr, weight_decay=wd)
-  ours, _ = tx.update(grads, tx.init(params), params)
-  adam, _ = optax.adam(lr, eps=1e-6).update(grads, optax.adam(lr).init(params), params)
-  full, _ = optax.lamb(lr, weight_decay=wd).update(grads, optax.lamb(lr).init(params), params)
+  ours, _ = _first_update(lamb(lr, weight_decay=wd), grads, params)
+  adam, _ = _first_update(optax.adam(lr, eps=1e-6), grads, params)
+  full, _ = _first_update(optax.lamb(lr, weight_decay=wd), grads, params)
   excluded = {"layers/0/dense/bias", "layers/0/mlp_norm/scale"}
   flat = lambda t: {lamb_lib.leaf_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(t)[0]}
   ours, adam, full = flat(ours), flat(adam), flat(full)
@@ -134,15 +141,14 @@ def test_trust_clip_bounds():
   lo, hi, lr = 0.5, 2.0, 1.0
   g = {"big": jnp.full((3, 3), 1.0), "small": jnp.full((4,), -1.0), "mid": jnp.full((2,), 1.0)}
   x = {"big": jnp.full((3, 3), 10.0), "small": jnp.full((4,), 0.01), "mid": jnp.full((2,), 1.2)}
-  tx = lamb(lr, trust_clip=(lo, hi), **NO_EXCLUDE)
-  updates, _ = tx.update(g, tx.init(x), x)
+  updates, _ = _first_update(lamb(lr, trust_clip=(lo, hi), **NO_EXCLUDE), g, x)
   adam_step = jax.tree.map(lambda a: a / (jnp.abs(a) + 1e-6), g)  # first bias-corrected step
   ratio = {k: float(jnp.linalg.norm(updates[k]) / jnp.linalg.norm(adam_step[k])) for k in g}
   assert ratio["big"] == pytest.approx(hi, rel=1e-5)   # raw ratio 10: clipped down
   assert ratio["small"] == pytest.approx(lo, rel=1e-5)  # raw ratio 0.01: clipped up
   assert ratio["mid"] == pytest.approx(1.2, rel=1e-4)  # inside the bounds: unchanged
   # Without clipping the raw ratios come through.
-  unclipped, _ = lamb(lr, **NO_EXCLUDE).update(g, tx.init(x), x)
+  unclipped, _ = _first_update(lamb(lr, **NO_EXCLUDE), g, x)
   assert float(jnp.linalg.norm(unclipped["big"]) / 3.0) == pytest.approx(10.0, rel=1e-4)
 
 
@@ -150,8 +156,7 @@ def test_trust_clip_bounds():
 def test_zero_norm_leaves_have_ratio_one(trust_clip):
   x = {"zero_param": jnp.zeros((3,)), "zero_grad": jnp.ones((3,))}
   g = {"zero_param": jnp.array([1.0, -2.0, 0.5]), "zero_grad": jnp.zeros((3,))}
-  tx = lamb(0.1, trust_clip=trust_clip, **NO_EXCLUDE)
-  updates, _ = tx.update(g, tx.init(x), x)
+  updates, _ = _first_update(lamb(0.1, trust_clip=trust_clip, **NO_EXCLUDE), g, x)
   adam = g["zero_param"] / (jnp.abs(g["zero_param"]) + 1e-6)
   np.testing.assert_allclose(updates["zero_param"], -0.1 * adam, rtol=1e-4)  # ratio 1, unclipped
   np.testing.assert_array_equal(updates["zero_grad"], 0.0)
@@ -165,18 +170,16 @@ def test_mu_dtype():
     assert state[0].mu["w"].dtype == jnp.bfloat16 and state[0].nu["w"].dtype == jnp.float32
 
 
-def _sharded_params_and_grads(key):
-  k = jax.random.split(key, 6)
-  params = {"a": {"kernel": jax.random.normal(k[0], (16, 32))},
-            "b": {"kernel": jax.random.normal(k[1], (32, 8)), "bias": jax.random.normal(k[2], (8,))},
-            "c": {"kernel": jax.random.normal(k[3], (8, 24))}}
-  grads = [jax.tree.map(lambda p, i=i: jax.random.normal(jax.random.fold_in(k[4], i), p.shape),
-                        params) for i in range(3)]
+def _sharded_params_and_grads(seed):
+  params = {"a": {"kernel": _normal(seed, (16, 32))},
+            "b": {"kernel": _normal(seed + 1, (32, 8)), "bias": _normal(seed + 2, (8,))},
+            "c": {"kernel": _normal(seed + 3, (8, 24))}}
+  grads = [jax.tree.map(lambda p, i=i: _normal(seed + 10 + i, p.shape), params) for i in range(3)]
   return params, grads
 
 
 def test_sharded_updates_match_single_device():
-  params, grads = _sharded_params_and_grads(jax.random.key(5))
+  params, grads = _sharded_params_and_grads(5)
   tx = lamb(1e-2, weight_decay=0.01, trust_clip=(0.0, 10.0), exclude_from_layer_adaptation=())
 
   def run(params, grads, step_fn):
@@ -204,19 +207,21 @@ def test_sharded_updates_match_single_device():
 
 
 def test_gradient_accumulation_equals_full_batch_update():
-  params = _mlp_params(jax.random.key(7))
-  x, y = _data(jax.random.key(8), n=64)
+  params = _mlp_params(7)
+  x, y = _data(8, n=64)
   tx = lamb(1e-2, weight_decay=0.01)
-  full_grad = jax.grad(_mlp_loss)(params, x, y)
-  micro = [jax.grad(_mlp_loss)(params, x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+  grad_fn = jax.jit(jax.grad(_mlp_loss))
+  full_grad = grad_fn(params, x, y)
+  micro = [grad_fn(params, x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
   mean_grad = jax.tree.map(lambda *g: sum(g) / len(g), *micro)
-  full_updates, _ = tx.update(full_grad, tx.init(params), params)
-  mean_updates, _ = tx.update(mean_grad, tx.init(params), params)
+  full_updates, _ = _first_update(tx, full_grad, params)
+  mean_updates, _ = _first_update(tx, mean_grad, params)
   # optax.MultiSteps accumulates 4 microbatch grads and applies LAMB once on their mean.
   acc = optax.MultiSteps(tx, every_k_schedule=4)
+  acc_update = jax.jit(acc.update)
   state = acc.init(params)
   for i, g in enumerate(micro):
-    acc_updates, state = acc.update(g, state, params)
+    acc_updates, state = acc_update(g, state, params)
     if i < 3:
       assert all(float(jnp.abs(u).max()) == 0.0 for u in jax.tree.leaves(acc_updates))
   for got in (mean_updates, acc_updates):
@@ -246,5 +251,5 @@ def test_bad_hyperparameters_raise(kwargs, match):
 def test_schedule_learning_rate_is_accepted():
   tx = lamb(optax.linear_schedule(0.0, 1e-2, 10), **NO_EXCLUDE)
   params = {"w": jnp.ones((3,))}
-  updates, _ = tx.update({"w": jnp.ones((3,))}, tx.init(params), params)
+  updates, _ = _first_update(tx, {"w": jnp.ones((3,))}, params)
   np.testing.assert_array_equal(updates["w"], 0.0)  # the schedule starts at 0
