@@ -145,6 +145,19 @@ def _run(problem, method, batch_indices):
   return jnp.concatenate([full_loss(problem.params)[None], losses]), jnp.sum(evals)
 
 
+def _num_examples(problem):
+  return jax.tree.leaves(problem.data)[0].shape[0]
+
+
+def _inner_condition_number(problem):
+  """cond([X 1]^T [X 1]) for a linear problem (the surrogate's Hessian up to scale), else nan."""
+  if problem.apply_fn is not linear_apply:
+    return float("nan")
+  x = np.asarray(problem.data["x"], np.float64)
+  x1 = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
+  return float(np.linalg.cond(x1.T @ x1))
+
+
 def _batch_indices(n, batch_size, steps, seeds):
   """[seeds, steps, batch] example indices: shuffled epochs, or the full set every step."""
   if batch_size >= n:
@@ -167,7 +180,7 @@ SSO_MS = (1, 5, 10, 100)
 def run_problem(problem: Problem, *, batch_size: int, steps: int, seeds: int,
                 sso_schedules=("constant",)) -> dict:
   """Runs every method; returns {method: dict(curve=[seeds, steps+1], evals, note)}."""
-  idx = jnp.asarray(_batch_indices(problem.data["x"].shape[0], batch_size, steps, seeds))
+  idx = jnp.asarray(_batch_indices(_num_examples(problem), batch_size, steps, seeds))
   results = {}
   for schedule in sso_schedules:
     for m in SSO_MS:
@@ -183,7 +196,7 @@ def run_problem(problem: Problem, *, batch_size: int, steps: int, seeds: int,
     # One compile for the whole grid: vmap over learning rates, then over seeds.
     curves, evals = jax.jit(jax.vmap(jax.vmap(run, (None, 0)), (0, None)))(
         jnp.asarray(LR_GRID, jnp.float32), idx)
-    finals = np.nanmean(np.asarray(curves)[:, :, -1], axis=1)
+    finals = np.mean(np.asarray(curves)[:, :, -1], axis=1)  # NaN if any seed diverged
     finals = np.where(np.isfinite(finals), finals, np.inf)
     best = int(np.argmin(finals))
     results[name] = dict(curve=np.asarray(curves[best]), evals=float(np.mean(evals[best])),
@@ -213,6 +226,13 @@ def reference_loss(problem: Problem, iters: int = 3000) -> float:
 # ------------------------------------------------------------------------------------------------
 
 
+def _color(name):
+  """The same colour for a method in every panel (m sets it for SSO; the schedule sets style)."""
+  palette = {"SSO m=1": "C0", "SSO m=5": "C1", "SSO m=10": "C2", "SSO m=100": "C3",
+             "SGD+Armijo": "C4", "SGD": "C5", "Adam": "C6"}
+  return palette.get(name.replace(" 1/sqrt(t)", ""), "k")
+
+
 def _plot(all_results, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -224,18 +244,19 @@ def _plot(all_results, path):
   for r, prob in enumerate(problems):
     for c, setting in enumerate(settings):
       ax = axes[r, c]
-      res, ref = all_results[(prob, setting)]
+      res, ref = all_results[(prob, setting)][:2]
       for name, out in res.items():
         curve = np.nanmean(out["curve"], axis=0) - ref
         style = (":" if "sqrt" in name else "-") if name.startswith("SSO") else "--"
-        ax.plot(np.arange(curve.size), np.maximum(curve, 1e-7), style, label=name, lw=1.3)
+        ax.plot(np.arange(curve.size), np.maximum(curve, 1e-7), style, label=name, lw=1.3,
+                color=_color(name))
       ax.set_yscale("log")
       ax.set_title(f"{prob}, {setting}", fontsize=9)
       ax.set_xlabel("expensive gradient calls dL/dz")
-      ax.set_ylabel("train loss - L_ref")
+      ax.set_ylabel("train loss - L_ref (floor 1e-7)")
   axes[0, 0].legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=80)
 
 
 def _markdown(all_results, args):
@@ -254,8 +275,8 @@ def _markdown(all_results, args):
       "work, which is not free.",
       "",
   ]
-  for (prob, setting), (res, ref) in all_results.items():
-    lines += [f"## {prob}, {setting} (L_ref = {ref:.5f})", "",
+  for (prob, setting), (res, ref, cond) in all_results.items():
+    lines += [f"## {prob}, {setting} (L_ref = {ref:.3g}; cond([X 1]^T [X 1]) = {cond:.3g})", "",
               "| method | loss after 10% budget | final loss | final - L_ref | cheap evals | note |",
               "|---|---|---|---|---|---|"]
     for name, out in res.items():
@@ -269,17 +290,47 @@ def _markdown(all_results, args):
 
 
 def _observations(all_results) -> str:
-  """Plain statements computed from the numbers (no hand-written claims)."""
+  """Statements computed from this run's numbers, then caveats about the method itself."""
   out = []
-  for (prob, setting), (res, ref) in all_results.items():
+  for (prob, setting), (res, ref, cond) in all_results.items():
     final = {k: float(np.nanmean(v["curve"], axis=0)[-1]) for k, v in res.items()}
     best_sso = min((k for k in final if k.startswith("SSO")), key=final.get)
     best_base = min((k for k in final if not k.startswith("SSO")), key=final.get)
-    verdict = "beats" if final[best_sso] < final[best_base] else "does not beat"
-    m_order = " ".join(f"m={m}: {final[f'SSO m={m}']:.4f}" for m in SSO_MS)
-    out.append(f"- {prob}, {setting}: best SSO ({best_sso}, {final[best_sso]:.5f}) {verdict} the "
-               f"best baseline ({best_base}, {final[best_base]:.5f}); constant-eta SSO final "
-               f"loss by m: {m_order}.")
+    gap = (final[best_base] - final[best_sso]) / max(abs(final[best_base]), 1e-12)
+    verdict = "matches (within 0.1%)" if abs(gap) < 1e-3 else (
+        "beats" if gap > 0 else "does not beat")
+    by_m = ", ".join(f"m={m}: {final[f'SSO m={m}']:.4f}" for m in SSO_MS)
+    early = {k: float(np.nanmean(v["curve"], axis=0)[max(1, v["curve"].shape[1] // 10)])
+             for k, v in res.items()}
+    early_sso = min((k for k in early if k.startswith("SSO")), key=early.get)
+    early_base = min((k for k in early if not k.startswith("SSO")), key=early.get)
+    line = (f"- {prob}, {setting}: final loss: best SSO ({best_sso}, {final[best_sso]:.5f}) "
+            f"{verdict} the best baseline ({best_base}, {final[best_base]:.5f}). After 10% of the "
+            f"budget: {early_sso} {early[early_sso]:.5f} vs {early_base} {early[early_base]:.5f}. "
+            f"Constant-eta SSO by m: {by_m}.")
+    if "SSO m=100 1/sqrt(t)" in final and final["SSO m=100"] > final["SSO m=100 1/sqrt(t)"]:
+      line += (f" With constant eta, m=100 ends at {final['SSO m=100']:.4f} against "
+               f"{final['SSO m=100 1/sqrt(t)']:.4f} with eta/sqrt(t): many inner steps fit each "
+               "minibatch's target closely, and a decaying eta is what keeps that in check.")
+    if ref < 1e-3:
+      line += (" L_ref ~ 0: the classes are linearly separable, so the loss falls only as ||w|| "
+               "grows; there the logistic curvature is far below the global bound 1/4 that fixes "
+               "SSO's eta, while line-search and tuned baselines take larger steps.")
+    out.append(line)
+  out += [
+      "",
+      "Caveats, true of every run of this script:",
+      "- The x-axis counts only dL/dz. SSO's inner steps (the `cheap evals` column) each run the",
+      "  model forward (and backward); for a linear model they cost as much as a baseline step, so",
+      "  SSO pays off only where dL/dz is the expensive part (simulators, large-vocabulary losses).",
+      "- SSO's eta is the theory value 1/beta, untuned; SGD and Adam are grid-tuned on the same",
+      "  run they are scored on, which favours them.",
+      "- The inner problem is a least-squares projection whose Hessian is [X 1]^T [X 1] up to",
+      "  scale (condition number in each heading); m Armijo-GD steps solve it only roughly when",
+      "  that is large, so m=100 is far from an exact projection here.",
+      "- Each Armijo search restarts at step 10 (as in the official code) and backtracks by 0.9,",
+      "  which is why SSO needs tens of surrogate evaluations per inner step.",
+  ]
   return "\n".join(out)
 
 
@@ -295,12 +346,14 @@ def main(argv=None):
   for name in args.problems.split(","):
     problem = PROBLEM_FACTORIES[name]()
     ref = reference_loss(problem)
-    n = problem.data["x"].shape[0]
+    n = _num_examples(problem)
+    # Large values mean m Armijo-GD steps solve the inner projection only roughly.
+    cond = _inner_condition_number(problem)
     for setting, bs, steps, seeds, schedules in (
         ("minibatch", args.batch_size, args.steps, args.seeds, ("constant", "inv_sqrt")),
         ("full batch", n, args.full_steps, 1, ("constant",))):
       res = run_problem(problem, batch_size=bs, steps=steps, seeds=seeds, sso_schedules=schedules)
-      all_results[(name, setting)] = (res, ref)
+      all_results[(name, setting)] = (res, ref, cond)
       print(f"{name:24s} {setting:10s} " + "  ".join(
           f"{k}={np.nanmean(v['curve'], 0)[-1]:.4f}" for k, v in res.items()), flush=True)
   pathlib.Path(args.out + ".md").write_text(_markdown(all_results, args))
