@@ -214,6 +214,28 @@ def eta_at(eta, eta_schedule: str, step):
 # ------------------------------------------------------------------------------------------------
 
 
+def build_surrogate(params, batch, *, apply_fn: Callable, loss_fn: Callable, eta_t,
+                    target_ndim: int | None = None, num_examples: float | None = None):
+  """The expensive part of an outer step: ``(L(z_t), S_t - L(z_t) as a function, G_t)``.
+
+  Evaluates ``z_t = f_theta_t(X)`` and ``G_t = dL/dz`` once; the returned
+  ``surrogate(p) = <G_t, f_p(X) - z_t> + ||f_p(X) - z_t||^2 / (2 eta_t n)`` only re-runs
+  ``apply_fn``. Train-step strategies with their own inner loop (train/step.py) use this.
+  """
+  z_t = jax.lax.stop_gradient(apply_fn(params, batch))
+  loss_t, target_grad = jax.value_and_grad(lambda z: loss_fn(z, batch))(z_t)
+  z_t = z_t.astype(jnp.float32)
+  target_grad = target_grad.astype(jnp.float32)
+  n = _num_examples(z_t, target_ndim, num_examples)
+  prox_weight = 1.0 / (2.0 * eta_t * n)
+
+  def surrogate(p):  # S_t(p) - L(z_t)
+    d = apply_fn(p, batch).astype(jnp.float32) - z_t
+    return jnp.vdot(target_grad, d) + prox_weight * jnp.sum(d * d)
+
+  return loss_t, surrogate, target_grad
+
+
 def sso_step(params, state: SSOState, batch, *, apply_fn: Callable, loss_fn: Callable,
              eta, m: int, eta_schedule: str = "constant", inner: InnerOptimizer = "armijo",
              armijo: ArmijoConfig = ArmijoConfig(), target_ndim: int | None = None,
@@ -245,17 +267,11 @@ def sso_step(params, state: SSOState, batch, *, apply_fn: Callable, loss_fn: Cal
   _check_config(eta, m, eta_schedule, inner, armijo, target_ndim, num_examples)
 
   # 1. The one expensive target-space gradient.
-  z_t = jax.lax.stop_gradient(apply_fn(params, batch))
-  loss_t, target_grad = jax.value_and_grad(lambda z: loss_fn(z, batch))(z_t)
-  z_t = z_t.astype(jnp.float32)
-  target_grad = target_grad.astype(jnp.float32)
-  n = _num_examples(z_t, target_ndim, num_examples)
   eta_t = eta_at(eta, eta_schedule, state.step)
-  prox_weight = 1.0 / (2.0 * eta_t * n)
-
-  def surrogate(p):  # S_t(p) - L(z_t)
-    d = apply_fn(p, batch).astype(jnp.float32) - z_t
-    return jnp.vdot(target_grad, d) + prox_weight * jnp.sum(d * d)
+  loss_t, surrogate, target_grad = build_surrogate(params, batch, apply_fn=apply_fn,
+                                                   loss_fn=loss_fn, eta_t=eta_t,
+                                                   target_ndim=target_ndim,
+                                                   num_examples=num_examples)
 
   # 2. m cheap steps on the surrogate.
   if isinstance(inner, str):  # "armijo"

@@ -75,14 +75,17 @@ def _state_shardings(abstract_state, param_shardings, tx, mesh):
   repl = sharding_lib.replicated(mesh)
   opt = optax.tree_map_params(tx, lambda _, s: s, abstract_state["opt_state"], param_shardings,
                               transform_non_params=lambda _: repl)
-  return {"step": repl, "params": param_shardings, "opt_state": opt}
+  out = {"step": repl, "params": param_shardings, "opt_state": opt}
+  for extra in set(abstract_state) - set(out):  # strategy counters (SSO): small, replicated
+    out[extra] = jax.tree.map(lambda _: repl, abstract_state[extra])
+  return out
 
 
 def build(config, mesh):
   """Model, optimizer, jitted init/steps and shardings for ``config`` on ``mesh``."""
   cfg = model_config(config)
   total_steps = int(config.train.steps)
-  tx, schedule = optimizer_lib.make_optimizer(config.optim, total_steps)
+  tx, schedule, sso = optimizer_lib.make_optimizer(config.optim, total_steps)
   graphdef, abstract_params = transformer.abstract_params(cfg)
   rules = sharding_lib.rules_from_config(config.mesh)
   param_sh = sharding_lib.param_shardings(transformer.logical_axes(cfg), abstract_params, mesh,
@@ -90,14 +93,24 @@ def build(config, mesh):
 
   def init_fn():
     _, params = transformer.init(cfg, seed=int(config.seed))
-    return step_lib.init_state(params, tx)
+    state = step_lib.init_state(params, tx)
+    if sso is not None:
+      from optim import sso as sso_lib  # pylint: disable=g-import-not-at-top
+      state["sso"] = sso_lib.init(params)
+    return state
 
   abstract_state = jax.eval_shape(init_fn)
   state_sh = _state_shardings(abstract_state, param_sh, tx, mesh)
   repl = sharding_lib.replicated(mesh)
   batch_sh = sharding_lib.batch_sharding(mesh)
-  train_step = step_lib.make_train_step(graphdef, tx, microbatches=int(config.train.microbatches),
-                                        schedule=schedule)
+  if sso is None:
+    train_step = step_lib.make_train_step(graphdef, tx, schedule=schedule,
+                                          microbatches=int(config.train.microbatches))
+  else:
+    if int(config.train.microbatches) != 1:
+      raise ValueError("optim.name='sso' takes whole batches (its inner steps re-run the "
+                       "model on the batch); set --config.train.microbatches=1.")
+    train_step = step_lib.make_sso_train_step(graphdef, tx, sso, schedule=schedule)
 
   def with_rules(fn):
     def wrapped(*args):
