@@ -14,7 +14,9 @@ weight ``W[OC, IC]``, whose *columns* are input channels. Our weights are in Fla
 3. Act-order (``act_order=True``): ``perm = argsort(diag H)`` descending (stable); permute the
    columns of ``W`` and rows/columns of ``H``.
 4. Damping: ``H += damp * mean(diag H) * I``; ``U = chol(H⁻¹)`` upper, ``H⁻¹ = Uᵀ U``
-   (``chol`` -> ``cho_solve`` -> ``chol(upper=True)``). JAX returns NaNs where torch raises
+   (the reference computes ``chol`` -> ``cholesky_inverse`` -> ``chol(upper=True)``; we get
+   the same ``U`` as the inverse of the "reversed" Cholesky factor, see
+   :func:`inverse_hessian_factor`). JAX returns NaNs where torch raises
    on a non positive-definite matrix; we detect them and retry with
    ``damp <- max(10 * damp, 0.01)`` up to ``MAX_DAMP`` (warning when damp was raised).
 5. For each block of ``B = block_size`` columns ``[i1, i2)``, for each column ``c``:
@@ -124,9 +126,13 @@ def inverse_hessian_factor(h, damp):
   mean_diag = jnp.mean(jnp.diagonal(h))
 
   def factor(d):
-    lower = jnp.linalg.cholesky(h + (d * mean_diag) * eye)
-    h_inv = jax.scipy.linalg.cho_solve((lower, True), eye)
-    upper = jnp.triu(jnp.linalg.cholesky(h_inv, upper=True))
+    # With J the reversal permutation, chol(J H J) = L gives H = R Rᵀ for the upper
+    # triangular R = J L J, so H⁻¹ = R⁻ᵀ R⁻¹ and U = R⁻¹ (positive diagonal, hence the unique
+    # upper Cholesky factor of H⁻¹). One factorisation and one triangular inverse instead of
+    # the reference's chol -> cholesky_inverse -> chol (same U, a third of the flops).
+    damped = h + (d * mean_diag) * eye
+    r = jnp.linalg.cholesky(damped[::-1, ::-1])[::-1, ::-1]
+    upper = jnp.triu(jax.scipy.linalg.solve_triangular(r, eye, lower=False))
     return upper, jnp.all(jnp.isfinite(upper))
 
   def retry(state):
@@ -226,7 +232,7 @@ def _gptq(w, h, damp, *, bits, group_size, dim, act_order, static_groups, block_
       d = u1[i, i]
       s, z, cur, s_out, z_out = column_params(c, w_col, wt, cur, s_out, z_out)
       q = quant(w_col, s, z)
-      err = (w_col - qz.dequantize_codes(q, s, z)) / d
+      err = qz.exact_divide(w_col - qz.dequantize_codes(q, s, z), d)  # as torch divides
       # U is upper triangular: the row is zero left of i, so this only touches columns >= i.
       w1 = w1 - err[:, None] * u1[i][None, :]
       err1 = lax.dynamic_update_index_in_dim(err1, err, i, axis=1)

@@ -35,8 +35,11 @@ integers in ``[0, maxq]`` stored as uint8.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from quant import packing, qtensor
 
@@ -68,26 +71,38 @@ def find_params(x, *, bits: int, axis: int, zero_in_range: bool = False, sym: bo
     all_zero = (xmin == 0) & (xmax == 0)
     xmin = jnp.where(all_zero, -1, xmin)
     xmax = jnp.where(all_zero, 1, xmax)
-    scale = (xmax - xmin) / maxq
+    scale = exact_divide(xmax - xmin, maxq)
   else:
-    scale = jnp.maximum(xmax - xmin, ADADIM_MIN_RANGE) / maxq
+    scale = exact_divide(jnp.maximum(xmax - xmin, ADADIM_MIN_RANGE), maxq)
   if sym:
     zero = jnp.full_like(scale, (maxq + 1) / 2)
   elif zero_in_range:
-    zero = jnp.round(-xmin / scale)
+    zero = jnp.round(exact_divide(-xmin, scale))
   else:
-    zero = jnp.clip(-jnp.round(xmin / scale), 0, maxq)
+    zero = jnp.clip(-jnp.round(exact_divide(xmin, scale)), 0, maxq)
   return scale, zero
 
 
 def quantize_codes(x, scale, zero, *, bits: int):
   """``q = clip(round(x / s) + z, 0, maxq)`` as floats holding integers."""
-  return jnp.clip(jnp.round(_compute_dtype(x) / scale) + zero, 0, max_code(bits))
+  return jnp.clip(jnp.round(exact_divide(_compute_dtype(x), scale)) + zero, 0, max_code(bits))
 
 
 def dequantize_codes(q, scale, zero):
   """``x_hat = s * (q - z)``."""
   return scale * (q - zero)
+
+
+def exact_divide(a, b):
+  """IEEE ``a / b``, elementwise after broadcasting.
+
+  XLA rewrites division by a broadcast or a constant as multiplication by its reciprocal,
+  which is off by an ulp and moves exact ties to the other code than the reference's true
+  division (e.g. ``-a / s = -(maxq + 1) / 2`` at the negative end of every symmetric group).
+  The barrier hides the divisor from that rewrite.
+  """
+  a, b = jnp.broadcast_arrays(a, jnp.asarray(b, a.dtype))
+  return a / lax.optimization_barrier(b)
 
 
 def _compute_dtype(x):
@@ -111,6 +126,13 @@ def quantize(w, *, bits: int, group_size: int, dim: str, zero_in_range: bool = F
   float zeros of shape ``qtensor.group_shape(w.shape, group_size, dim)``.
   """
   check_args(w, bits=bits, group_size=group_size, dim=dim)
+  return _quantize(w, bits=bits, group_size=group_size, dim=dim,
+                   zero_in_range=bool(zero_in_range), sym=bool(sym))
+
+
+@functools.partial(jax.jit, static_argnames=("bits", "group_size", "dim", "zero_in_range",
+                                             "sym"))
+def _quantize(w, *, bits, group_size, dim, zero_in_range, sym):
   wg, axis = _grouped(_compute_dtype(w), group_size, dim)
   scale, zero = find_params(wg, bits=bits, axis=axis, zero_in_range=zero_in_range, sym=sym)
   q = quantize_codes(wg, scale, zero, bits=bits).reshape(w.shape).astype(jnp.int32)
@@ -120,11 +142,12 @@ def quantize(w, *, bits: int, group_size: int, dim: str, zero_in_range: bool = F
 def fake_quant(w, *, bits: int, group_size: int, dim: str, zero_in_range: bool = False,
                sym: bool = False):
   """Quantize-dequantize ``w`` (same shape and dtype); equals ``dequantize(rtn(w, ...))``."""
-  check_args(w, bits=bits, group_size=group_size, dim=dim)
-  wg, axis = _grouped(_compute_dtype(w), group_size, dim)
-  scale, zero = find_params(wg, bits=bits, axis=axis, zero_in_range=zero_in_range, sym=sym)
-  w_hat = dequantize_codes(quantize_codes(wg, scale, zero, bits=bits), scale, zero)
-  return w_hat.reshape(w.shape).astype(w.dtype)
+  q, scales, zeros = quantize(w, bits=bits, group_size=group_size, dim=dim,
+                              zero_in_range=zero_in_range, sym=sym)
+  axis = 0 if dim == "oc" else 1
+  s = jnp.repeat(scales, group_size, axis=axis)
+  z = jnp.repeat(zeros, group_size, axis=axis)
+  return dequantize_codes(q.astype(s.dtype), s, z).astype(w.dtype)
 
 
 def rtn(w, *, bits: int, group_size: int, dim: str, zero_in_range: bool = False,
