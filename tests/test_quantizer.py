@@ -9,7 +9,8 @@ from quant import qtensor
 
 
 def _weights(shape, seed=0, dtype=jnp.float32):
-  return jax.random.normal(jax.random.key(seed), shape, jnp.float32).astype(dtype)
+  # numpy, not jax.random: its threefry kernels compile per shape (seconds on CPU).
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32), dtype)
 
 
 def _expand(a, g, dim, shape):
@@ -50,7 +51,7 @@ def test_rtn_error_at_most_half_a_step_within_range(bits, dim, zero_in_range, sy
 @pytest.mark.parametrize("zero_in_range,sym", [(False, False), (True, False), (True, True)])
 def test_rtn_matches_reference_quantizers(bits, dim, zero_in_range, sym):
   with jax.enable_x64(True):
-    w = jax.random.normal(jax.random.key(7), (64, 48), jnp.float64)
+    w = jnp.asarray(np.random.default_rng(7).standard_normal((64, 48)))
     qw = quant.rtn(w, bits=bits, group_size=16, dim=dim, zero_in_range=zero_in_range, sym=sym)
     q, s, z = quant.quantize(w, bits=bits, group_size=16, dim=dim,
                              zero_in_range=zero_in_range, sym=sym)
