@@ -33,7 +33,8 @@ class Linear(nnx.Module):
                             logical_axes=tuple(logical_axes))
 
   def __call__(self, x):
-    return dot(x, self.kernel[...])
+    # get_value(), not kernel[...]: a QuantizedWeight kernel is a pytree, not an array.
+    return dot(x, self.kernel.get_value())
 
 
 class RMSNorm(nnx.Module):
