@@ -127,32 +127,31 @@ def _prefill(graphdef, params, tokens, positions, cache, last_index):
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _decode(graphdef, params, cache, last_logits, positions, done, out, max_new, seeds,
             sample_index, temperature, top_k, top_p, stop_tokens, pad_id):
-  """Samples up to ``max_new`` tokens per row into ``out [B, T]``; ``(out, steps)``."""
+  """Samples up to ``max_new`` tokens per row into ``out [B, T]``; ``(out, steps)``.
+
+  Step ``t`` samples token ``t`` from the logits of the previous step (the prefill's for
+  ``t = 0``), then runs the model on it for step ``t + 1``. The sampler is traced once (it
+  dominates compile time on CPU); the price is one unused forward after the last token.
+  """
   keys = sampling_lib.row_keys(seeds, sample_index)
-
-  def pick(logits, step, done):
-    tok = sampling_lib.sample(logits, keys, step, temperature, top_k, top_p)
-    tok = jnp.where(done, pad_id, tok)
-    stopped = jnp.any(tok[:, None] == stop_tokens[None, :], axis=-1)
-    return tok, done | stopped | (step + 1 >= max_new)
-
-  tok, done = pick(last_logits, 0, done)
-  out = out.at[:, 0].set(tok)
 
   def cond(carry):
     step, _, _, _, done, _ = carry
     return (step < max_new) & ~jnp.all(done)
 
   def body(carry):
-    step, cache, tok, pos, done, out = carry
+    step, cache, logits, pos, done, out = carry
+    tok = sampling_lib.sample(logits, keys, step, temperature, top_k, top_p)
+    tok = jnp.where(done, pad_id, tok)
+    out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, step))
+    stopped = jnp.any(tok[:, None] == stop_tokens[None, :], axis=-1)
+    new_done = done | stopped | (step + 1 >= max_new)
     logits, cache = transformer.apply(graphdef, params, tok[:, None], pos[:, None], None,
                                       cache)
-    new_tok, new_done = pick(logits[:, 0], step, done)
-    out = jax.lax.dynamic_update_slice(out, new_tok[:, None], (0, step))
     # Finished rows stay put (rewriting their own slot), so they never run off the cache.
-    return step + 1, cache, new_tok, jnp.where(done, pos, pos + 1), new_done, out
+    return step + 1, cache, logits[:, 0], jnp.where(done, pos, pos + 1), new_done, out
 
-  carry = (jnp.int32(1), cache, tok, positions, done, out)
+  carry = (jnp.int32(0), cache, last_logits, positions, done, out)
   step, _, _, _, _, out = jax.lax.while_loop(cond, body, carry)
   return out, step
 
