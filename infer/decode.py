@@ -8,7 +8,8 @@
   powers of two ``>= 16`` (:func:`bucket`); prompts are right-padded, and padded positions
   are never attended by real tokens (causal mask, cache slot ``<=`` position);
 * max new tokens is rounded up the same way for the output buffer; the cache length is
-  ``bucket(prompt bucket + new-token bucket)``; the actual ``max_new_tokens`` and the
+  ``prompt bucket + new-token bucket`` (a sum of two buckets, not rounded again: the plain
+  path's attention reads the whole cache every step); the actual ``max_new_tokens`` and the
   sampling parameters are runtime arrays.
 
 Two compiled functions per shape bucket do all the work: :func:`_prefill` (one forward over
@@ -306,7 +307,7 @@ class Decoder:
   def _prefill_plain(self, prompts, prefix, slots, n, new_len):
     rows = [prefix + p for p in prompts]
     prompt_len = bucket(max(len(r) for r in rows))
-    cache = self._suffix_cache(slots, bucket(prompt_len + new_len), None, None)
+    cache = self._suffix_cache(slots, prompt_len + new_len, None, None)
     last, cache = self._prefill_rows(rows, slots, cache, 0)
     if n > 1:  # every sample continues from a copy of its prompt's cache
       last = jnp.repeat(last, n, axis=0)
@@ -330,7 +331,7 @@ class Decoder:
     lengths = np.array([len(p) for p in prompts] + [1] * (slots - len(prompts)), np.int32)
     prompt_len = bucket(lengths.max())
     offset = np.full((slots,), len(prefix), np.int32)
-    suffix_len = prompt_len if n > 1 else bucket(prompt_len + new_len)
+    suffix_len = prompt_len if n > 1 else prompt_len + new_len
     cache = self._suffix_cache(slots, suffix_len, levels_for((slots,)), offset)
     last, cache = self._prefill_rows(prompts, slots, cache, offset)
     prefill_tokens += int(lengths[:len(prompts)].sum())
