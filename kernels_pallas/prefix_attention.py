@@ -328,8 +328,7 @@ def _resolve_impl(impl, head_dim, hkv):
   return "reference"  # CPU, or a head_dim the kernels do not tile
 
 
-def _attention_rows(q_rows, k, v, row_limit, *, sm_scale, impl, regime, interpret,
-                    block_sizes):
+def _attention_rows(q_rows, k, v, row_limit, *, sm_scale, impl, interpret, block_sizes):
   """Dispatch the folded-row attention; q_rows' M is already padded for ``impl``."""
   if k.shape[1] == 0:  # nothing to attend: empty suffix
     shape = q_rows.shape
@@ -449,14 +448,13 @@ def _grouped_attention_jit(q, k, v, per_seq_limit, *, group_sizes, sm_scale, imp
                            interpret, blocks, out_dtype):
   b, sq, hq, d = q.shape
   hkv = k.shape[2]
-  regime = "decode" if sq == 1 else "prefill"
   blocks = dict(blocks)
   q_rows, rows = _fold(q, hkv, group_sizes, blocks["block_m"])
   row_limit = _row_limits(per_seq_limit.astype(jnp.int32), group_sizes, sq, hq // hkv,
                           q_rows.shape[2])
   scale = 1.0 / math.sqrt(d) if sm_scale is None else sm_scale
   out, lse = _attention_rows(q_rows, k, v, row_limit, sm_scale=scale, impl=impl,
-                             regime=regime, interpret=interpret, block_sizes=blocks)
+                             interpret=interpret, block_sizes=blocks)
   out, lse = _unfold(out, lse, q.shape, group_sizes, rows)
   return out.astype(out_dtype or jnp.float32), lse
 
