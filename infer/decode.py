@@ -127,8 +127,11 @@ def _prefill(graphdef, params, tokens, positions, cache, last_index):
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _decode(graphdef, params, cache, last_logits, positions, done, out, max_new, seeds,
-            sample_index, temperature, top_k, top_p, stop_tokens, pad_id):
+            sample_index, temperature, top_k, top_p, stop_tokens, pad_id, vocab_limit):
   """Samples up to ``max_new`` tokens per row into ``out [B, T]``; ``(out, steps)``.
+
+  Only ids ``< vocab_limit`` are ever sampled (a model's vocab is often padded past its
+  tokenizer's).
 
   Step ``t`` samples token ``t`` from the logits of the previous step (the prefill's for
   ``t = 0``), then runs the model on it for step ``t + 1``. The sampler is traced once (it
@@ -142,6 +145,7 @@ def _decode(graphdef, params, cache, last_logits, positions, done, out, max_new,
 
   def body(carry):
     step, cache, logits, pos, done, out = carry
+    logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
     tok = sampling_lib.sample(logits, keys, step, temperature, top_k, top_p)
     tok = jnp.where(done, pad_id, tok)
     out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, step))
@@ -167,13 +171,19 @@ class Decoder:
     max_len: longest sequence (prefix + prompt + new tokens) a request may need; longer
       requests raise instead of being truncated.
     pad_id: id written after a row stops.
+    vocab_limit: only ids below it are generated (default: the model's vocab_size); set it
+      to the tokenizer's vocab size when the model's vocab is padded.
     mesh, rules: optional device mesh and logical axis rules (default
       ``train.sharding.DEFAULT_RULES``) for tensor-parallel heads, data-parallel batch.
   """
 
   def __init__(self, cfg: transformer.ModelConfig, graphdef, params, *, max_len: int = 4096,
-               pad_id: int = 0, mesh=None, rules=None):
+               pad_id: int = 0, vocab_limit: int | None = None, mesh=None, rules=None):
     self.cfg, self.graphdef, self.max_len, self.pad_id = cfg, graphdef, int(max_len), pad_id
+    self.vocab_limit = cfg.vocab_size if vocab_limit is None else int(vocab_limit)
+    if not 0 < self.vocab_limit <= cfg.vocab_size:
+      raise ValueError(f"vocab_limit={vocab_limit} must be in [1, vocab_size="
+                       f"{cfg.vocab_size}].")
     self.mesh = mesh
     self.cache_dtype = jnp.dtype(cfg.dtype)
     if mesh is not None:
@@ -182,6 +192,8 @@ class Decoder:
       params = jax.device_put(params, shard_params(cfg, params, mesh, self.rules))
     else:
       self.rules = ()
+      # Committed to one device, like restored params, so both hit the same compiled code.
+      params = jax.device_put(params, jax.devices()[0])
     self.params = params
 
   # ---------------------------------------------------------------------------------------
@@ -299,7 +311,8 @@ class Decoder:
         np.full((batch, new_len), self.pad_id, np.int32), np.int32(params.max_new_tokens),
         seeds, sample_index, np.full((batch,), params.temperature, np.float32),
         np.full((batch,), params.top_k, np.int32),
-        np.full((batch,), params.top_p, np.float32), stop, np.int32(self.pad_id))
+        np.full((batch,), params.top_p, np.float32), stop, np.int32(self.pad_id),
+        np.int32(self.vocab_limit))
     out = np.asarray(out)
     t2 = time.perf_counter()
     return self._collect(out, len(prompts), n, params, prefill_tokens, t1 - t0, t2 - t1)

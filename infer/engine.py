@@ -53,7 +53,7 @@ def load(export_path, *, model_config: transformer.ModelConfig | None = None,
                      f"model only {model_config.vocab_size}; the export and tokenizer do not "
                      "belong together.")
   dec = decode.Decoder(model_config, graphdef, params, max_len=max_len, pad_id=tok.pad_id,
-                       mesh=mesh, rules=rules)
+                       vocab_limit=tok.vocab_size, mesh=mesh, rules=rules)
   return dec, tok, meta
 
 

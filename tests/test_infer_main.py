@@ -7,10 +7,13 @@ from infer import engine
 from models import transformer as T
 from train import checkpoint
 
-CFG = T.preset("tiny", n_layers=2, vocab_size=264, d_model=32, n_heads=4, n_kv_heads=2,
+# The model and request sizes of tests/test_decode.py (prompt <= 32 tokens, own part <= 16,
+# 3 prompts x 2 samples, <= 16 new tokens): in one pytest run the compiled prefill/decode
+# functions are shared instead of compiled again.
+CFG = T.preset("tiny", n_layers=2, vocab_size=384, d_model=32, n_heads=4, n_kv_heads=2,
                head_dim=8, mlp_dim=64)
-SYSTEM = "You are a helpful assistant. "
-PROMPTS = ["Say hi.", "Count to three, please.", "Name a color."]
+SYSTEM = "You are helpful. "
+PROMPTS = ["Say hi.", "Count to 3.", "Name a color."]
 
 
 @pytest.fixture(scope="module")
@@ -42,23 +45,26 @@ def test_main_prints_completions_and_throughput(export, tmp_path, capsys):
   prompt_file = tmp_path / "prompts.txt"
   prompt_file.write_text("\n".join(SYSTEM + p for p in PROMPTS) + "\n\n")
   args = ["--checkpoint", str(export), "--prompt-file", str(prompt_file), "--num-samples", "2",
-          "--max-new-tokens", "6"]
+          "--max-new-tokens", "10"]
   out = _run_main(args, capsys)
   for i in range(3):
     for j in range(2):
       assert f"=== prompt {i} sample {j} (" in out
-  assert "hydragen: on; shared prefix: 30 tokens" in out  # bos + the 29-byte system prompt
+  assert "hydragen: on; shared prefix: 18 tokens" in out  # bos + the 17-byte system prompt
   assert "prefill: " in out and "decode: " in out and "tokens/s" in out
   plain = _run_main(args + ["--no-hydragen"], capsys)
   assert "hydragen: off" in plain
   assert _completions(plain) == _completions(out)  # greedy: Hydragen changes no token
   # The texts are the decoder's own greedy tokens, decoded.
   dec, tok, _ = engine.load(export)
-  gen = dec.generate([[tok.bos_id] + tok.encode(SYSTEM + PROMPTS[1])],
-                     D.SamplingParams(max_new_tokens=6, stop_tokens=(tok.eos_id,)),
-                     hydragen=False)
-  assert _completions(out)["prompt 1 sample 1"].rstrip("\n") == (
-      SYSTEM + PROMPTS[1] + tok.decode(gen.tokens[0][0]))
+  gen = dec.generate([[tok.bos_id] + tok.encode(SYSTEM + p) for p in PROMPTS],
+                     D.SamplingParams(max_new_tokens=10, num_samples=2,
+                                      stop_tokens=(tok.eos_id,)), hydragen=False)
+  texts = _completions(out)
+  for i, prompt in enumerate(PROMPTS):
+    for j in range(2):
+      assert texts[f"prompt {i} sample {j}"].rstrip("\n") == (
+          SYSTEM + prompt + tok.decode(gen.tokens[i][j]))
 
 
 def test_shared_prefix_file_and_detection(export):
@@ -87,7 +93,7 @@ def test_load_errors_are_clear(export, tmp_path):
   empty.write_text("\n  \n")
   with pytest.raises(ValueError, match="no prompts"):
     engine.read_prompts(empty)
-  small = T.ModelConfig(**{**CFG.to_dict(), "vocab_size": 128})
+  small = T.ModelConfig(**{**CFG.to_dict(), "vocab_size": 128, "n_layers": 1})
   _, params = T.init(small)
   checkpoint.export_params(tmp_path / "small", params, model_config=small.to_dict(),
                            dtype="float32", extra={"tokenizer": "byte"})
