@@ -91,7 +91,8 @@ def main():
       row = {"batch": batch, "prefix_len": prefix_len, "new_tokens": new_tokens}
       row["hydragen"] = run_one(dec, cfg, batch, prefix_len, new_tokens, True, rng,
                                 args.repeats)
-      plain_bytes = kv_cache_bytes(cfg, batch, prefix_len + decode.bucket(new_tokens))
+      plain_bytes = kv_cache_bytes(cfg, batch, decode.bucket(prefix_len) + decode.bucket(
+          OWN_TOKENS) + decode.bucket(new_tokens))
       if args.no_plain:
         row["plain"] = None
       elif plain_bytes > args.memory_gb * 2**30:

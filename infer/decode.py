@@ -161,6 +161,13 @@ def _decode(graphdef, params, cache, last_logits, positions, done, out, max_new,
   return out, step
 
 
+@jax.jit
+def _copy_prefix(cache, prefix_cache):
+  """Writes the batch-1 ``prefix_cache`` into slots ``[0, P)`` of every row of ``cache``."""
+  return [{name: c[name].at[:, :p[name].shape[1]].set(p[name][0]) for name in ("k", "v")}
+          for c, p in zip(cache, prefix_cache)]
+
+
 class Decoder:
   """Generates from a model's params; see the module docstring.
 
@@ -173,14 +180,19 @@ class Decoder:
     pad_id: id written after a row stops.
     vocab_limit: only ids below it are generated (default: the model's vocab_size); set it
       to the tokenizer's vocab size when the model's vocab is padded.
+    prefill_chunk: most prompt tokens per prefill call (a power of two).
     mesh, rules: optional device mesh and logical axis rules (default
       ``train.sharding.DEFAULT_RULES``) for tensor-parallel heads, data-parallel batch.
   """
 
   def __init__(self, cfg: transformer.ModelConfig, graphdef, params, *, max_len: int = 4096,
-               pad_id: int = 0, vocab_limit: int | None = None, mesh=None, rules=None):
+               pad_id: int = 0, vocab_limit: int | None = None, prefill_chunk: int = 2048,
+               mesh=None, rules=None):
     self.cfg, self.graphdef, self.max_len, self.pad_id = cfg, graphdef, int(max_len), pad_id
     self.vocab_limit = cfg.vocab_size if vocab_limit is None else int(vocab_limit)
+    if prefill_chunk < 1 or prefill_chunk & (prefill_chunk - 1):
+      raise ValueError(f"prefill_chunk={prefill_chunk} must be a power of two.")
+    self.prefill_chunk = prefill_chunk
     if not 0 < self.vocab_limit <= cfg.vocab_size:
       raise ValueError(f"vocab_limit={vocab_limit} must be in [1, vocab_size="
                        f"{cfg.vocab_size}].")
@@ -232,16 +244,27 @@ class Decoder:
       return fn(*args, **kwargs)
 
   def _prefill_rows(self, rows: list[list[int]], batch: int, cache, start):
-    """Prefills right-padded ``rows`` (``start``: absolute position of their first token)."""
+    """Prefills right-padded ``rows`` (``start``: absolute position of their first token).
+
+    Runs ``prefill_chunk`` tokens per call (the attention logits of a call are
+    ``batch x heads x chunk x cache length``); every chunk has the same shape.
+    """
     length = bucket(max(len(r) for r in rows))
     tokens = np.full((batch, length), self.pad_id, np.int32)
     for i, r in enumerate(rows):
       tokens[i, :len(r)] = r
-    lengths = np.array([len(r) for r in rows] + [1] * (batch - len(rows)), np.int32)
+    last_index = np.array([len(r) for r in rows] + [1] * (batch - len(rows)), np.int32) - 1
     positions = np.asarray(start, np.int32).reshape(-1, 1) + np.arange(length, dtype=np.int32)
     positions = np.broadcast_to(positions, (batch, length))
-    return self._run(_prefill, self.graphdef, self.params, tokens, positions, cache,
-                     lengths - 1)
+    chunk = min(length, self.prefill_chunk)  # powers of two: chunk divides length
+    last = None
+    for c0 in range(0, length, chunk):
+      logits, cache = self._run(_prefill, self.graphdef, self.params, tokens[:, c0:c0 + chunk],
+                                positions[:, c0:c0 + chunk], cache,
+                                np.clip(last_index - c0, 0, chunk - 1))
+      in_chunk = (last_index >= c0) & (last_index < c0 + chunk)
+      last = logits if last is None else jnp.where(in_chunk[:, None], logits, last)
+    return last, cache
 
   # ---------------------------------------------------------------------------------------
   # Generation.
@@ -318,15 +341,22 @@ class Decoder:
     return self._collect(out, len(prompts), n, params, prefill_tokens, t1 - t0, t2 - t1)
 
   def _prefill_plain(self, prompts, prefix, slots, n, new_len):
-    rows = [prefix + p for p in prompts]
-    prompt_len = bucket(max(len(r) for r in rows))
-    cache = self._suffix_cache(slots, prompt_len + new_len, None, None)
-    last, cache = self._prefill_rows(rows, slots, cache, 0)
+    """Every row caches its full sequence. The shared prefix's KV is computed once and
+    copied into each row (prefix caching: prefill work is shared, decode reads are not)."""
+    lengths = [len(prefix) + len(p) for p in prompts] + [len(prefix) + 1] * (slots - len(prompts))
+    prefix_len = bucket(len(prefix)) if prefix else 0
+    cache_len = prefix_len + bucket(max(map(len, prompts))) + new_len
+    cache = self._suffix_cache(slots, cache_len, None, None)
+    if prefix:
+      prefix_cache = self._suffix_cache(1, prefix_len, None, None)
+      _, prefix_cache = self._prefill_rows([prefix], 1, prefix_cache, 0)
+      cache = _copy_prefix(cache, prefix_cache)
+    last, cache = self._prefill_rows(prompts, slots, cache, len(prefix))
     if n > 1:  # every sample continues from a copy of its prompt's cache
       last = jnp.repeat(last, n, axis=0)
       cache = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), cache)
-    positions = np.repeat([len(r) for r in rows] + [1] * (slots - len(rows)), n)
-    return last, cache, positions.astype(np.int32), sum(map(len, rows))
+    positions = np.repeat(np.array(lengths, np.int32), n)
+    return last, cache, positions, len(prefix) + sum(map(len, prompts))
 
   def _prefill_hydragen(self, prompts, prefix, slots, n, new_len):
     batch = slots * n

@@ -41,19 +41,23 @@ def _full_forward(graphdef):
   return jax.jit(lambda p, t: T.apply(graphdef, p, t))
 
 
-def test_cached_greedy_equals_full_forward_argmax(model, plain_greedy):
-  graphdef, params, _ = model
+def _assert_greedy_matches_forward(graphdef, params, full_prompts, generation):
+  """Each greedy token == argmax of the full (cache-free) forward over the sequence so far."""
   forward = _full_forward(graphdef)
-  for p, prompt in enumerate(PROMPTS):
-    samples = plain_greedy.tokens[p]
-    assert samples[0] == samples[1]  # greedy: every sample is the same
-    seq = PREFIX + prompt + samples[0]
+  for p, prompt in enumerate(full_prompts):
+    samples = generation.tokens[p]
+    assert all(s == samples[0] for s in samples)  # greedy: every sample is the same
+    seq = prompt + samples[0]
     padded = np.zeros((1, 64), np.int32)  # causal: padding after the sequence is invisible
     padded[0, :len(seq)] = seq
     logits = forward(params, padded)[0]
-    start = len(PREFIX) + len(prompt)
-    want = np.argmax(logits[start - 1:start - 1 + len(samples[0])], axis=-1)
+    want = np.argmax(logits[len(prompt) - 1:len(prompt) - 1 + len(samples[0])], axis=-1)
     np.testing.assert_array_equal(samples[0], want)
+
+
+def test_cached_greedy_equals_full_forward_argmax(model, plain_greedy):
+  graphdef, params, _ = model
+  _assert_greedy_matches_forward(graphdef, params, [PREFIX + p for p in PROMPTS], plain_greedy)
   assert plain_greedy.token_array.shape == (3, 2, 10)
 
 
@@ -62,14 +66,19 @@ def test_hydragen_two_levels_equals_plain(model, plain_greedy):
   hyd = model[2].generate(PROMPTS, GREEDY2, prefix=PREFIX, hydragen=True)
   np.testing.assert_array_equal(hyd.token_array, plain_greedy.token_array)
   assert hyd.prefill_tokens == len(PREFIX) + sum(map(len, PROMPTS))  # prefix counted once
-  assert plain_greedy.prefill_tokens == 3 * len(PREFIX) + sum(map(len, PROMPTS))
+  assert plain_greedy.prefill_tokens == hyd.prefill_tokens  # the plain path caches it too
 
 
 def test_hydragen_one_level_equals_plain(model, plain_greedy):
-  """n = 1: the prefix is the only shared level; each prompt lives in its suffix cache."""
-  hyd = model[2].generate(PROMPTS, D.SamplingParams(max_new_tokens=10), prefix=PREFIX,
-                          hydragen=True)
+  dec = model[2]
+  # n = 1: the prefix is the only shared level; each prompt lives in its suffix cache.
+  hyd = dec.generate(PROMPTS, D.SamplingParams(max_new_tokens=10), prefix=PREFIX,
+                     hydragen=True)
   np.testing.assert_array_equal(hyd.token_array[:, 0], plain_greedy.token_array[:, 0])
+  # No prefix, n = 2: each prompt is the only shared level, for its two samples.
+  full = [PREFIX + p for p in PROMPTS]
+  hyd = dec.generate(full, GREEDY2, hydragen=True)
+  np.testing.assert_array_equal(hyd.token_array, plain_greedy.token_array)
 
 
 def test_top_k_1_is_greedy_and_seeds_reproduce(model, plain_greedy):
@@ -151,10 +160,11 @@ def test_bad_requests_raise_clear_errors(model):
 
 
 def test_sharded_decode_equals_single_device(model, plain_greedy):
-  """Heads over tensor=2, batch over data=2 x fsdp=2, on the 8 fake CPU devices."""
+  """Heads over tensor=2, batch over data=2 x fsdp=2, on the 8 fake CPU devices; the
+  20-token prefix is also prefilled in two chunks of 16."""
   graphdef, params, _ = model
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  dec = D.Decoder(CFG, graphdef, params, max_len=128, mesh=mesh)
+  dec = D.Decoder(CFG, graphdef, params, max_len=128, mesh=mesh, prefill_chunk=16)
   q_kernel = dec.params["layers"][0]["attn"]["q_proj"]["kernel"]
   assert len(q_kernel.sharding.device_set) == 8 and not q_kernel.sharding.is_fully_replicated
   out = dec.generate(PROMPTS, GREEDY2, prefix=PREFIX, hydragen=True)
@@ -185,9 +195,8 @@ def test_quantized_params_decode_like_their_dequantized_weights(model, plain_gre
   graphdef, params, _ = model
   quantized, dense = _quantize_kernels(params)
   assert isinstance(quantized["layers"][0]["mlp"]["up_proj"]["kernel"], qtensor.QuantizedWeight)
-  q_out = D.Decoder(CFG, graphdef, quantized, max_len=128).generate(
-      PROMPTS, GREEDY2, prefix=PREFIX, hydragen=False)
-  d_out = D.Decoder(CFG, graphdef, dense, max_len=128).generate(
-      PROMPTS, GREEDY2, prefix=PREFIX, hydragen=False)
-  np.testing.assert_array_equal(q_out.token_array, d_out.token_array)
-  assert not np.array_equal(q_out.token_array, plain_greedy.token_array)  # weights did change
+  full = [PREFIX + p for p in PROMPTS]
+  out = D.Decoder(CFG, graphdef, quantized, max_len=128).generate(full, GREEDY2,
+                                                                  hydragen=False)
+  _assert_greedy_matches_forward(graphdef, dense, full, out)
+  assert not np.array_equal(out.token_array, plain_greedy.token_array)  # weights did change
