@@ -272,6 +272,10 @@ class Decoder:
   def check_request(self, prompts, prefix, max_new_tokens):
     if not prompts:
       raise ValueError("prompts is empty: pass at least one prompt.")
+    bad = [t for t in prefix if not 0 <= int(t) < self.cfg.vocab_size]
+    if bad:
+      raise ValueError(f"the shared prefix has token ids {bad[:5]} outside the model's "
+                       f"vocabulary [0, {self.cfg.vocab_size}).")
     for i, p in enumerate(prompts):
       if len(p) == 0:
         raise ValueError(f"prompt {i} is empty: every prompt needs at least one token after "

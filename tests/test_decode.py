@@ -151,6 +151,8 @@ def test_bad_requests_raise_clear_errors(model):
     dec.generate([[5] * 100], D.SamplingParams(max_new_tokens=10), prefix=[4] * 20)
   with pytest.raises(ValueError, match="outside the model's vocabulary"):
     dec.generate([[5, CFG.vocab_size]])
+  with pytest.raises(ValueError, match="shared prefix has token ids"):
+    dec.generate([[5]], prefix=[-1, 4])
   with pytest.raises(ValueError, match="prompts is empty"):
     dec.generate([])
   with pytest.raises(ValueError, match="top_p"):
@@ -200,3 +202,28 @@ def test_quantized_params_decode_like_their_dequantized_weights(model, plain_gre
                                                                   hydragen=False)
   _assert_greedy_matches_forward(graphdef, dense, full, out)
   assert not np.array_equal(out.token_array, plain_greedy.token_array)  # weights did change
+
+
+def test_hydragen_decode_lowers_for_cuda_with_pallas_kernels(monkeypatch):
+  """The model's Hydragen path picks the Pallas GPU kernels on a GPU; check, without one,
+  that the decode loop with them lowers for CUDA (bf16, GQA, one prefix level)."""
+  from kernels_pallas import prefix_attention as pa
+  monkeypatch.setattr(pa, "_resolve_impl", lambda impl, head_dim, hkv: "pallas_gpu")
+  cfg = T.preset("tiny", n_layers=1, vocab_size=128, d_model=64, head_dim=16, mlp_dim=64,
+                 dtype="bfloat16")
+  graphdef, params = T.abstract_params(cfg)
+  batch, prefix_len, suffix_len = 8, 64, 32
+  sds = jax.ShapeDtypeStruct
+  kv = lambda b, s: sds((b, s, cfg.n_kv_heads, cfg.head_dim), jnp.bfloat16)
+  level = pa.PrefixLevel(kv(1, prefix_len), kv(1, prefix_len), (batch,), sds((1,), jnp.int32))
+  cache = [{"k": kv(batch, suffix_len), "v": kv(batch, suffix_len), "levels": (level,),
+            "offset": sds((batch,), jnp.int32)}]
+  i32 = lambda *s: sds(s, jnp.int32)
+  f32 = lambda *s: sds(s, jnp.float32)
+  exported = jax.export.export(
+      D._decode, platforms=["cuda"],
+      disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(
+          graphdef, params, cache, f32(batch, cfg.vocab_size), i32(batch),
+          sds((batch,), jnp.bool_), i32(batch, 16), i32(), sds((batch,), jnp.uint32),
+          i32(batch), f32(batch), i32(batch), f32(batch), i32(D.MAX_STOP_TOKENS), i32(), i32())
+  assert exported.mlir_module().count('name = "prefix_attention_gpu"') >= 2  # prefix, suffix
