@@ -38,17 +38,27 @@ def base_config(size: str = "tiny") -> ml_collections.ConfigDict:
   c.train.profile_start = 10
   c.train.profile_steps = 0  # >0: jax.profiler trace of that many steps into WORKDIR/profile
 
+  # Generic optimizer fields; a sub-section per optimizer holds its own (train/optimizer.py).
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = "adamw"
+  c.optim.name = "adamw"  # adamw | lamb | sgd | sso (optim/registry.py)
   c.optim.lr = 1e-3
-  c.optim.schedule = "cosine"
+  c.optim.schedule = "cosine"  # cosine | poly | constant, after linear warmup
   c.optim.warmup_steps = 100
-  c.optim.final_lr_frac = 0.1
+  c.optim.end_lr_ratio = 0.1
+  c.optim.power = 1.0  # poly schedule
   c.optim.b1 = 0.9
   c.optim.b2 = 0.95
   c.optim.eps = 1e-8
   c.optim.weight_decay = 0.1
-  c.optim.grad_clip = 1.0
+  c.optim.grad_clip = 1.0  # global-norm clipping; 0 disables
+  c.optim.lamb = ml_collections.ConfigDict()
+  c.optim.lamb.bias_correction = True
+  c.optim.lamb.trust_clip = ml_collections.config_dict.placeholder(tuple)  # (lo, hi) or None
+  c.optim.sso = ml_collections.ConfigDict()
+  c.optim.sso.inner = "adamw"  # the optax optimizer taking the m cheap steps
+  c.optim.sso.m = 4  # inner steps per expensive target-space gradient
+  c.optim.sso.eta = 1.0  # per-token target-space step on the logits; softmax CE is 1/2-smooth, so <= 2
+  c.optim.sso.eta_schedule = "constant"  # constant | inv_sqrt
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1

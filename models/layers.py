@@ -33,8 +33,7 @@ class Linear(nnx.Module):
                             logical_axes=tuple(logical_axes))
 
   def __call__(self, x):
-    # get_value(), not kernel[...]: a QuantizedWeight kernel is a pytree, not an array.
-    return dot(x, self.kernel.get_value())
+    return dot(x, self.kernel.get_value())  # [...] would index a QuantizedWeight
 
 
 class RMSNorm(nnx.Module):

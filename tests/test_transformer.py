@@ -90,3 +90,22 @@ def test_bad_model_config():
     T.preset("huge")
   with pytest.raises(ValueError, match="unknown model config keys"):
     T.ModelConfig.from_dict({"d_modle": 3})
+
+
+def test_quantized_kernels_run_through_the_model(tiny):
+  """A QuantizedWeight in place of a kernel goes through lowbit_matmul == dequantized dense."""
+  from quant import qtensor  # pylint: disable=g-import-not-at-top
+  cfg, graphdef, params = tiny
+  k, n = params["layers"][0]["mlp"]["up_proj"]["kernel"].shape
+  q = jax.random.randint(jax.random.key(8), (k, n), 0, 16)
+  s = jax.random.uniform(jax.random.key(9), (k // 32, n), minval=0.005, maxval=0.02)
+  z = jax.random.randint(jax.random.key(10), (k // 32, n), 4, 12)
+  qw = qtensor.from_codes(q, s, z, bits=4, group_size=32, dim="oc", dtype=jnp.float32)
+  quantized = jax.tree.map(lambda x: x, params)
+  dense = jax.tree.map(lambda x: x, params)
+  quantized["layers"][0]["mlp"]["up_proj"]["kernel"] = qw
+  dense["layers"][0]["mlp"]["up_proj"]["kernel"] = qtensor.dequantize(qw)
+  tokens = jax.random.randint(jax.random.key(11), (2, 8), 0, cfg.vocab_size)
+  fwd = jax.jit(lambda p: T.apply(graphdef, p, tokens))
+  np.testing.assert_allclose(fwd(quantized), fwd(dense), atol=1e-5)
+  assert not np.allclose(fwd(quantized), fwd(params), atol=1e-3)  # it really is used

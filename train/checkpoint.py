@@ -57,6 +57,24 @@ class Checkpointer:
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                 data=ocp.args.JsonSave(data_state or {})))
 
+  def set_aside_after(self, step: int) -> list[Path]:
+    """Moves checkpoints newer than ``step`` to ``<dir>_superseded/`` (nothing is deleted).
+
+    A run resumed from an older step would otherwise collide with, or be mixed up with, the
+    newer (possibly corrupt) checkpoints it is replacing.
+    """
+    moved = []
+    for s in self.all_steps():
+      if s > step:
+        dest = self.directory.with_name(self.directory.name + "_superseded") / \
+            f"{s}-{uuid.uuid4().hex[:6]}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.directory / str(s), dest)
+        moved.append(dest)
+    if moved:
+      self._mngr.reload()
+    return moved
+
   def reached_preemption(self, step: int) -> bool:
     return self._mngr.reached_preemption(int(step))
 

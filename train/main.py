@@ -2,7 +2,7 @@
 
   python train/main.py --config configs/lm_tiny.py --workdir workdirs/lm_tiny
   python train/main.py --config configs/lm_tiny.py --config.optim.lr=1e-3 --workdir ...
-  python train/main.py --config configs/lm_1b.py --compile_only   # memory analysis, no run
+  python train/main.py --config configs/lm_1b.py --compile_only --cpu_devices=8  # memory plan
 
 Re-running with the same --workdir resumes from its latest checkpoint.
 """
@@ -19,6 +19,8 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, export).")
 flags.DEFINE_bool("overwrite", False, "Delete an incompatible run in --workdir and start over.")
 flags.DEFINE_bool("compile_only", False, "Compile the train step, print memory, don't run.")
+flags.DEFINE_integer("cpu_devices", None, "Fake this many CPU devices (plan/test sharding "
+                     "on a CPU-only machine, e.g. with --compile_only).")
 flags.DEFINE_bool("distributed", os.environ.get("EFFIJAX_DISTRIBUTED") == "1",
                   "Call jax.distributed.initialize() (multi-host TPU pods / GPU clusters).")
 flags.mark_flags_as_required(["config"])
@@ -27,6 +29,9 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
+  if flags.FLAGS.cpu_devices:  # must precede the first device query
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", flags.FLAGS.cpu_devices)
   if flags.FLAGS.distributed:
     jax.distributed.initialize()
   if not flags.FLAGS["verbosity"].present:  # Orbax/absl INFO logs drown the progress lines

@@ -47,6 +47,17 @@ def read_metrics(workdir: str | Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def truncate_after(workdir: str | Path, step: int) -> None:
+  """Drops rows with ``step`` beyond ``step`` (atomic rewrite): a resumed run redoes them."""
+  path = Path(workdir) / "metrics.jsonl"
+  rows = read_metrics(workdir)
+  kept = [r for r in rows if r["step"] <= step]
+  if len(kept) != len(rows):
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.replace(path)
+
+
 class Progress:
   """Console line: step, loss, tokens/s, ETA (rate measured between log calls)."""
 

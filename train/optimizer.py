@@ -1,35 +1,69 @@
-"""Optimizer + learning-rate schedule from the ``config.optim`` section."""
+"""The optimizer of a run, from the ``config.optim`` section.
+
+Generic fields (``name, lr, schedule, warmup_steps, end_lr_ratio, power, b1, b2, eps,
+weight_decay``) go to :func:`optim.registry.optimizer_from_config`, together with the
+sub-section named after the optimizer (``config.optim.lamb`` for LAMB), so one config switches
+optimizers by ``--config.optim.name``. ``grad_clip`` (global norm) is applied first.
+
+SSO is a train-step strategy, not an optax transform: ``--config.optim.name=sso`` takes its
+inner optimizer from ``config.optim.sso.inner`` (AdamW or LAMB, with the generic fields and
+the schedule counted in inner steps) and ``m``/``eta``/``eta_schedule`` from ``config.optim.sso``.
+"""
 from __future__ import annotations
+
+import dataclasses
 
 import optax
 
+from optim import registry
 
-def make_schedule(optim_cfg, total_steps: int):
-  lr, warmup = float(optim_cfg.lr), int(optim_cfg.warmup_steps)
-  if lr <= 0 or lr != lr:
-    raise ValueError(f"optim.lr must be a positive number, got {optim_cfg.lr}.")
-  name = optim_cfg.get("schedule", "cosine")
-  if name == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(total_steps, warmup + 1),
-                                              end_value=lr * float(optim_cfg.get("final_lr_frac", 0.1)))
-  if name == "constant":
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup, 1)),
-                                 optax.constant_schedule(lr)], [max(warmup, 1)])
-  raise ValueError(f"unknown optim.schedule {name!r}; available: cosine, constant.")
+GENERIC = ("name", "lr", "schedule", "warmup_steps", "end_lr_ratio", "power", "b1", "b2", "eps",
+           "weight_decay")
+
+
+@dataclasses.dataclass(frozen=True)
+class SSOSettings:
+  m: int
+  eta: float
+  eta_schedule: str
+
+
+def _registry_cfg(optim_cfg, name: str) -> dict:
+  cfg = {k: optim_cfg[k] for k in GENERIC if k in optim_cfg}
+  cfg["name"] = name
+  specific = optim_cfg.get(name, None)
+  if specific is not None and hasattr(specific, "items"):
+    cfg.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in specific.items()
+                if v is not None})
+  return cfg
 
 
 def make_optimizer(optim_cfg, total_steps: int):
-  """``(tx, schedule)``: gradient clipping, then the named optimizer."""
-  schedule = make_schedule(optim_cfg, total_steps)
+  """``(tx, schedule, sso_settings or None)``, validated before anything compiles."""
   name = optim_cfg.name
-  if name == "adamw":
-    tx = optax.adamw(schedule, b1=float(optim_cfg.b1), b2=float(optim_cfg.b2),
-                     eps=float(optim_cfg.eps), weight_decay=float(optim_cfg.weight_decay))
-  elif name == "sgd":
-    tx = optax.sgd(schedule)
-  else:
-    raise ValueError(f"unknown optimizer {name!r}; available: adamw, sgd.")
+  if name not in registry.available():
+    raise ValueError(f"unknown optimizer {name!r}; available: {', '.join(registry.available())}.")
+  sso = None
+  steps = total_steps
+  if name == "sso":
+    sso_cfg = optim_cfg.sso
+    # Validates m/eta/eta_schedule exactly as the SSO module does.
+    registry.get_optimizer("sso", float(sso_cfg.eta), m=int(sso_cfg.m),
+                           eta_schedule=str(sso_cfg.eta_schedule))
+    sso = SSOSettings(int(sso_cfg.m), float(sso_cfg.eta), str(sso_cfg.eta_schedule))
+    name = str(sso_cfg.inner)
+    if name == "sso" or name not in registry.available():
+      raise ValueError(f"optim.sso.inner={name!r} must be an optax optimizer: one of "
+                       f"{[n for n in registry.available() if n != 'sso']}.")
+    steps = total_steps * sso.m  # the inner optimizer's schedule counts inner steps
+  cfg = _registry_cfg(optim_cfg, name)
+  tx = registry.optimizer_from_config(cfg, total_steps=steps)
+  schedule = registry.schedule_from_config(
+      cfg.get("schedule", "cosine"), float(cfg["lr"]), int(cfg.get("warmup_steps", 0)), steps,
+      power=float(cfg.get("power", 1.0)), end_lr_ratio=float(cfg.get("end_lr_ratio", 0.0)))
   clip = optim_cfg.get("grad_clip", None)
   if clip:
+    if float(clip) < 0:
+      raise ValueError(f"optim.grad_clip={clip} must be >= 0 (0 disables clipping).")
     tx = optax.chain(optax.clip_by_global_norm(float(clip)), tx)
-  return tx, schedule
+  return tx, schedule, sso

@@ -78,3 +78,54 @@ def make_eval_step(graphdef, token_bytes):
     return {"nll": nll, "tokens": count, "bytes": nbytes}
 
   return eval_step
+
+
+def make_sso_train_step(graphdef, tx: optax.GradientTransformation, sso, *, schedule=None):
+  """SSO as a train-step strategy (Lavington et al. 2023; see optim/sso.py).
+
+  Per batch: one expensive target-space gradient ``G_t = dL/dlogits`` at the current params,
+  then ``sso.m`` steps of the optax optimizer ``tx`` on the surrogate
+  ``<G_t, f(X) - z_t> + ||f(X) - z_t||^2 / (2 eta n)`` (n = predicted tokens). ``tx``'s state
+  persists across batches (its schedule counts inner steps). ``state["sso"]`` counts outer steps
+  and expensive gradient calls.
+  """
+  from optim import sso as sso_lib  # pylint: disable=g-import-not-at-top
+
+  def apply_fn(params, batch):
+    return transformer.apply(graphdef, params, batch["tokens"], batch["positions"],
+                             batch["segment_ids"])
+
+  def loss_fn(logits, batch):
+    nll, count = transformer.lm_loss(logits, batch)
+    return nll / jnp.maximum(count, 1.0)
+
+  def train_step(state, batch, rng):
+    del rng
+    counters = state["sso"]
+    eta_t = sso_lib.eta_at(sso.eta, sso.eta_schedule, counters.step)
+    _, weights = transformer.next_token_targets(batch)
+    loss, surrogate, target_grad = sso_lib.build_surrogate(
+        state["params"], batch, apply_fn=apply_fn, loss_fn=loss_fn, eta_t=eta_t,
+        num_examples=None)
+    del target_grad
+
+    def inner(_, carry):
+      params, opt_state, _ = carry
+      grads = jax.grad(surrogate)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, optax.global_norm(grads)
+
+    params, opt_state, grad_norm = jax.lax.fori_loop(
+        0, sso.m, inner, (state["params"], state["opt_state"], jnp.zeros([], jnp.float32)))
+    counters = counters._replace(step=counters.step + 1,
+                                 expensive_grad_calls=counters.expensive_grad_calls + 1,
+                                 inner_steps=counters.inner_steps + sso.m)
+    metrics = {"loss": loss, "tokens": jnp.sum(weights), "grad_norm": grad_norm,
+               "param_norm": optax.global_norm(params), "eta": eta_t,
+               "expensive_grad_calls": counters.expensive_grad_calls}
+    if schedule is not None:
+      metrics["lr"] = schedule(counters.inner_steps)
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
+            "sso": counters}, metrics
+
+  return train_step

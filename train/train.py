@@ -75,14 +75,17 @@ def _state_shardings(abstract_state, param_shardings, tx, mesh):
   repl = sharding_lib.replicated(mesh)
   opt = optax.tree_map_params(tx, lambda _, s: s, abstract_state["opt_state"], param_shardings,
                               transform_non_params=lambda _: repl)
-  return {"step": repl, "params": param_shardings, "opt_state": opt}
+  out = {"step": repl, "params": param_shardings, "opt_state": opt}
+  for extra in set(abstract_state) - set(out):  # strategy counters (SSO): small, replicated
+    out[extra] = jax.tree.map(lambda _: repl, abstract_state[extra])
+  return out
 
 
 def build(config, mesh):
   """Model, optimizer, jitted init/steps and shardings for ``config`` on ``mesh``."""
   cfg = model_config(config)
   total_steps = int(config.train.steps)
-  tx, schedule = optimizer_lib.make_optimizer(config.optim, total_steps)
+  tx, schedule, sso = optimizer_lib.make_optimizer(config.optim, total_steps)
   graphdef, abstract_params = transformer.abstract_params(cfg)
   rules = sharding_lib.rules_from_config(config.mesh)
   param_sh = sharding_lib.param_shardings(transformer.logical_axes(cfg), abstract_params, mesh,
@@ -90,14 +93,24 @@ def build(config, mesh):
 
   def init_fn():
     _, params = transformer.init(cfg, seed=int(config.seed))
-    return step_lib.init_state(params, tx)
+    state = step_lib.init_state(params, tx)
+    if sso is not None:
+      from optim import sso as sso_lib  # pylint: disable=g-import-not-at-top
+      state["sso"] = sso_lib.init(params)
+    return state
 
   abstract_state = jax.eval_shape(init_fn)
   state_sh = _state_shardings(abstract_state, param_sh, tx, mesh)
   repl = sharding_lib.replicated(mesh)
   batch_sh = sharding_lib.batch_sharding(mesh)
-  train_step = step_lib.make_train_step(graphdef, tx, microbatches=int(config.train.microbatches),
-                                        schedule=schedule)
+  if sso is None:
+    train_step = step_lib.make_train_step(graphdef, tx, schedule=schedule,
+                                          microbatches=int(config.train.microbatches))
+  else:
+    if int(config.train.microbatches) != 1:
+      raise ValueError("optim.name='sso' takes whole batches (its inner steps re-run the "
+                       "model on the batch); set --config.train.microbatches=1.")
+    train_step = step_lib.make_sso_train_step(graphdef, tx, sso, schedule=schedule)
 
   def with_rules(fn):
     def wrapped(*args):
@@ -169,7 +182,6 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
     if is_main:
       print(msg, flush=True)
   prepare_workdir(config, workdir, overwrite=overwrite)
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   total_steps = int(config.train.steps)
 
   # ------------------------------------------------------------------------------ Mesh ------
@@ -203,6 +215,8 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
         break
       yield batch
 
+  train_iter = train_iterator()  # before compiling anything: data errors surface first
+
   # ------------------------------------------------------------ Model + optimizer ------
   parts = build(config, mesh)
   repl = sharding_lib.replicated(mesh)
@@ -217,7 +231,6 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
   # ------------------------------------------------------------------------ Checkpoint ------
   ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=int(config.train.keep_checkpoints),
                                async_save=bool(config.train.async_checkpoint))
-  train_iter = train_iterator()
   restore_step = config.train.get("restore_step", None)
   restore_step = ckpt.latest_step() if restore_step is None else int(restore_step)
   if restore_step is not None:
@@ -225,11 +238,16 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
     state, data_state = ckpt.restore(restore_step, target)
     if data_state:
       train_iter.set_state(data_state)
+    if is_main:  # rows logged after the checkpoint by the interrupted run are redone
+      metrics_lib.truncate_after(workdir, restore_step)
+      for moved in ckpt.set_aside_after(restore_step):
+        say(f"moved newer checkpoint aside (not deleted): {moved}")
     say(f"resumed from checkpoint step {restore_step} in {ckpt.directory}")
   else:
     state = parts["init"]()
   step = int(jax.device_get(state["step"]))
   last_good = restore_step
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
 
   # ------------------------------------------------------------------------------ Loop ------
   preempted = {"flag": False}
@@ -311,6 +329,13 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
     writer.close()
     if prev_handler is not None:
       signal.signal(signal.SIGTERM, prev_handler)
+
+  if last_eval and step >= total_steps:
+    # The bar to beat: a model that ignores context scores the unigram entropy.
+    h1 = data_pipeline.unigram_entropy(config.data, config.data.eval_split)
+    last_eval["unigram_entropy"] = h1
+    say(f"final validation loss {last_eval['eval_loss']:.4f} nats/token vs unigram entropy "
+        f"{h1:.4f} nats/token of the validation split")
 
   # ---------------------------------------------------------------------------- Export ------
   if bool(config.train.export) and step >= total_steps:

@@ -1,0 +1,192 @@
+"""The training loop end to end: learning, exact resume after SIGKILL, restore onto other
+device counts, and the errors a user can run into (bad keys, bad workdir, corrupt
+checkpoint, NaN loss)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import lm_tiny
+from data import stdlib_corpus
+from train import checkpoint as ckpt_lib
+from train import metrics as metrics_lib
+from train import sharding, train
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_FILES = 40
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("tfds")
+  stdlib_corpus.load_builder(str(d), max_files=MAX_FILES)
+  return str(d)
+
+
+def small_config(data_dir, **train_overrides):
+  c = lm_tiny.get_config()
+  c.model.n_layers = 1
+  c.model.mlp_dim = 256
+  c.data.seq_len = 32
+  c.data.data_dir = data_dir
+  c.data.max_files = MAX_FILES
+  c.train.global_batch_size = 8
+  c.train.steps = 6
+  c.train.log_every = 1
+  c.train.eval_every = 6
+  c.train.eval_batches = 2
+  c.train.checkpoint_every = 3
+  c.optim.warmup_steps = 2
+  for k, v in train_overrides.items():
+    setattr(c.train, k, v)
+  return c
+
+
+def _main_args(config, workdir, *extra):
+  args = [sys.executable, str(ROOT / "train" / "main.py"), "--config",
+          str(ROOT / "configs" / "lm_tiny.py"), "--workdir", str(workdir)]
+  for section in ("model", "data", "train", "optim"):
+    for k, v in config[section].items():
+      if v is not None and not isinstance(v, (tuple, list)):
+        args.append(f"--config.{section}.{k}={v}")
+  return args + list(extra)
+
+
+def _losses(workdir):
+  return {r["step"]: r["loss"] for r in metrics_lib.read_metrics(workdir) if "loss" in r}
+
+
+def test_trains_evaluates_and_exports(data_dir, tmp_path):
+  config = small_config(data_dir, steps=8, eval_every=8)
+  config.optim.lr = 1e-2
+  out = train.train_and_evaluate(config, tmp_path)
+  losses = _losses(tmp_path)
+  assert sorted(losses) == list(range(1, 9))
+  assert losses[8] < losses[1]
+  assert np.isfinite(out["eval_loss"]) and out["eval_bits_per_byte"] > 0
+  np.testing.assert_allclose(out["eval_perplexity"], np.exp(out["eval_loss"]), rtol=1e-5)
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["n_layers"] == 1
+  meta, params = ckpt_lib.load_export(tmp_path / "export")
+  assert meta["model"]["n_layers"] == 1 and meta["tokenizer"] == "byte"
+  assert params["embed"]["embedding"].shape == (384, 128)
+
+
+def test_resume_after_sigkill_is_exact(data_dir, tmp_path):
+  config = small_config(data_dir, steps=30, checkpoint_every=3, eval_every=1000,
+                        async_checkpoint=False)
+  env = dict(os.environ)
+  ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "killed"
+  subprocess.run(_main_args(config, ref_dir), check=True, env=env, capture_output=True)
+  proc = subprocess.Popen(_main_args(config, run_dir), env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt_dir = run_dir / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if (ckpt_dir / "3").is_dir():
+      proc.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.02)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+  killed_at = max(_losses(run_dir) or {0: 0})
+  assert killed_at < 30
+  subprocess.run(_main_args(config, run_dir), check=True, env=env, capture_output=True)
+  ref, resumed = _losses(ref_dir), _losses(run_dir)
+  assert sorted(resumed) == list(range(1, 31))
+  for step in range(1, 31):  # bit-for-bit on CPU: same data order, same params
+    assert resumed[step] == ref[step], (step, resumed[step], ref[step])
+
+
+def test_checkpoint_restores_onto_other_device_counts(data_dir, tmp_path):
+  config = small_config(data_dir)
+  mesh8 = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  parts8 = train.build(config, mesh8)
+  state = parts8["init"]()
+  batch = {k: np.ones((8, 32), np.int32) for k in ("tokens", "segment_ids", "positions")}
+  state, _ = parts8["train_step"](state, sharding.to_global_batch(batch, mesh8),
+                                  jax.random.key_data(jax.random.key(0)))
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "ckpt", async_save=False)
+  ckpt.save(1, state, {"it": 1})
+  ckpt.wait()
+  want = jax.device_get(state)
+  for n, axes in ((1, {"data": 1, "fsdp": 1, "tensor": 1}),
+                  (4, {"data": 1, "fsdp": 4, "tensor": 1})):
+    mesh = sharding.make_mesh(axes, jax.devices()[:n])
+    parts = train.build(config, mesh)
+    target = ckpt_lib.abstract_like(parts["abstract_state"], parts["state_shardings"])
+    restored, data_state = ckpt.restore(1, target)
+    assert data_state == {"it": 1}
+    leaf = restored["params"]["layers"][0]["attn"]["q_proj"]["kernel"]
+    assert len(leaf.sharding.device_set) == n
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), want)
+  ckpt.close()
+
+
+def test_corrupt_checkpoint_is_named_and_older_ones_survive(data_dir, tmp_path):
+  config = small_config(data_dir, steps=6, checkpoint_every=3, async_checkpoint=False)
+  train.train_and_evaluate(config, tmp_path)
+  ckpt_dir = tmp_path / "checkpoints"
+  assert sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) == [3, 6]
+  for f in (ckpt_dir / "6" / "state").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0 and "ocdbt" not in f.name:
+      f.write_bytes(b"\0" * 7)  # truncate and scramble every data file
+  before = sorted(str(p.relative_to(ckpt_dir)) for p in ckpt_dir.rglob("*"))
+  config.train.steps = 9
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"checkpoints/6 could not be restored"):
+    train.train_and_evaluate(config, tmp_path)
+  assert sorted(str(p.relative_to(ckpt_dir)) for p in ckpt_dir.rglob("*")) == before
+  config.train.restore_step = 3  # the older checkpoint is intact and resumes
+  out = train.train_and_evaluate(config, tmp_path)
+  assert out["step"] == 9
+  # The corrupt one was moved aside, not deleted.
+  assert len(list((tmp_path / "checkpoints_superseded").glob("6-*/state"))) == 1
+
+
+def test_incompatible_workdir_is_refused_unless_overwrite(data_dir, tmp_path):
+  config = small_config(data_dir)
+  train.prepare_workdir(config, tmp_path, overwrite=False)
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+  other = small_config(data_dir)
+  other.model.d_model = 64
+  other.model.mlp_dim = 128
+  with pytest.raises(train.IncompatibleWorkdirError, match=r"\['model'\].*--overwrite"):
+    train.prepare_workdir(other, tmp_path, overwrite=False)
+  longer = small_config(data_dir, steps=100)  # only the length changed: still resumable
+  train.prepare_workdir(longer, tmp_path, overwrite=False)
+  train.prepare_workdir(other, tmp_path, overwrite=True)
+  assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+  config = small_config(data_dir, steps=6, checkpoint_every=1, async_checkpoint=False)
+  config.optim.lr = 1e30  # step 1 runs at lr 0 (warmup), step 2 blows the params up
+  config.optim.grad_clip = 0.0
+  config.optim.warmup_steps = 3
+  config.optim.schedule = "constant"
+  with pytest.raises(FloatingPointError, match=r"last good checkpoint is step 1"):
+    train.train_and_evaluate(config, tmp_path)
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "checkpoints")
+  assert ckpt.all_steps() == [1]
+  ckpt.close()
+
+
+def test_unprepared_tfds_dataset_is_a_clear_error(data_dir, tmp_path):
+  config = small_config(data_dir)
+  config.data.name = "lm1b"
+  with pytest.raises(ValueError, match="lm1b"):
+    train.train_and_evaluate(config, tmp_path)
+
+
+def test_unknown_config_key_suggests_the_closest(tmp_path):
+  res = subprocess.run([sys.executable, str(ROOT / "train" / "main.py"), "--config",
+                        str(ROOT / "configs" / "lm_tiny.py"), "--workdir", str(tmp_path),
+                        "--config.optim.lrr=1e-3"], capture_output=True, text=True)
+  assert res.returncode != 0
+  assert 'Did you mean "lr"' in res.stderr
