@@ -43,10 +43,7 @@ def load(export_path, *, model_config: transformer.ModelConfig | None = None,
                        "model_config explicitly.")
     model_config = transformer.ModelConfig.from_dict(meta["model"])
   graphdef, abstract = transformer.abstract_params(model_config)
-  # Orbax stores the layer list's int keys as strings: match them for the shape check and
-  # the restore, then turn them back into the ints nnx.merge expects.
-  _, params = checkpoint.load_export(export_path, _map_keys(abstract, str))
-  params = _map_keys(params, lambda k: int(k) if isinstance(k, str) and k.isdigit() else k)
+  _, params = checkpoint.load_export(export_path, abstract)
   tok = tokenizers.get_tokenizer(meta.get("tokenizer", "byte"))
   if tok.vocab_size > model_config.vocab_size:
     raise ValueError(f"tokenizer {meta.get('tokenizer')!r} has {tok.vocab_size} tokens but the "
@@ -55,12 +52,6 @@ def load(export_path, *, model_config: transformer.ModelConfig | None = None,
   dec = decode.Decoder(model_config, graphdef, params, max_len=max_len, pad_id=tok.pad_id,
                        vocab_limit=tok.vocab_size, mesh=mesh, rules=rules)
   return dec, tok, meta
-
-
-def _map_keys(tree, fn):
-  if isinstance(tree, dict):
-    return {fn(k): _map_keys(v, fn) for k, v in tree.items()}
-  return tree
 
 
 def common_prefix(token_lists: Sequence[Sequence[int]], min_len: int = MIN_SHARED_PREFIX) -> int:
