@@ -52,10 +52,14 @@ def small_config(data_dir, **train_overrides):
 def _main_args(config, workdir, *extra):
   args = [sys.executable, str(ROOT / "train" / "main.py"), "--config",
           str(ROOT / "configs" / "lm_tiny.py"), "--workdir", str(workdir)]
+  def flags(prefix, section):
+    for k, v in section.items():
+      if hasattr(v, "items"):  # a sub-section such as optim.lamb
+        flags(f"{prefix}.{k}", v)
+      elif v is not None and not isinstance(v, (tuple, list)):
+        args.append(f"--config.{prefix}.{k}={v}")
   for section in ("model", "data", "train", "optim"):
-    for k, v in config[section].items():
-      if v is not None and not isinstance(v, (tuple, list)):
-        args.append(f"--config.{section}.{k}={v}")
+    flags(section, config[section])
   return args + list(extra)
 
 
