@@ -1,5 +1,6 @@
-"""lm_tiny: the embedded default — a 0.8M-parameter Llama-style byte-level LM (400 steps of 16 x 256 bytes) on the bundled
-Python-stdlib corpus. Trains on a 2-core CPU in a few minutes and visibly learns.
+"""lm_tiny: the embedded default — a 0.8M-parameter Llama-style byte-level LM on the bundled
+Python-stdlib corpus, 400 steps of 16 x 256 bytes. Trains on a 2-core CPU in minutes and
+ends far below the corpus' unigram entropy.
 
   python train/main.py --config configs/lm_tiny.py --workdir workdirs/lm_tiny
 """
