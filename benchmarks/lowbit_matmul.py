@@ -23,7 +23,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -32,6 +31,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
+from benchmarks.common import median_time  # noqa: E402
 
 from kernels_pallas import lowbit_matmul as lm  # noqa: E402
 from quant import qtensor  # noqa: E402
@@ -64,17 +65,6 @@ def random_weight(key, k, n, bits, dim, g):
   return qtensor.from_codes(q, s, z, bits=bits, group_size=g, dim=dim, dtype=jnp.bfloat16)
 
 
-def time_fn(fn, *args, iters):
-  jax.block_until_ready(fn(*args))  # compile
-  jax.block_until_ready(fn(*args))  # warm-up
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
 def rel_err(y, ref):
   y, ref = np.asarray(y, np.float32), np.asarray(ref, np.float32)
   return float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
@@ -105,9 +95,9 @@ def run(cfg, impl, interpret, iters, check_only, tol, on_row=lambda rows: None):
           row = dict(m=m, k=k, n=n, bits=bits, dim=dim, group=cfg["group"], rel_err=err,
                      correct=ok, weight_bytes=qw.nbytes())
           if not check_only and ok:
-            t_bf16 = time_fn(bf16_dot, x, w_dense, iters=iters)
-            t_deq = time_fn(xla_dequant, x, qw, iters=iters)
-            t_ours = time_fn(ours, x, qw, iters=iters)
+            t_bf16 = median_time(bf16_dot, x, w_dense, iters=iters)
+            t_deq = median_time(xla_dequant, x, qw, iters=iters)
+            t_ours = median_time(ours, x, qw, iters=iters)
             row.update(bf16_dot_us=t_bf16 * 1e6, xla_dequant_us=t_deq * 1e6,
                        ours_us=t_ours * 1e6, speedup_vs_bf16=t_bf16 / t_ours,
                        xla_dequant_speedup_vs_bf16=t_bf16 / t_deq,

@@ -25,15 +25,14 @@ import itertools
 import json
 import os
 import pathlib
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks.common import median_time  # noqa: E402
 from kernels_pallas import prefix_attention as pa  # noqa: E402
 
 TARGET = dict(b=64, p=8192, s=256, hq=32, hkv=32)  # PERFORMANCE.md's target shape
@@ -102,17 +101,6 @@ def min_bytes(b, p, s, hq, hkv, itemsize=2):
   return itemsize * (2 * p * hkv * D + 2 * b * s * hkv * D + 2 * b * hq * D)
 
 
-def time_fn(fn, args, iters):
-  jax.block_until_ready(fn(*args))  # compile
-  jax.block_until_ready(fn(*args))  # warm-up
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
 def device_memory_bytes():
   try:
     return jax.devices()[0].memory_stats()["bytes_limit"]
@@ -146,7 +134,7 @@ def run_config(b, p, s, hq, hkv, *, impl, interpret, iters, seed, block_sizes=No
     naive = jax.jit(naive_attention)
     naive_args = (q, k_full, v_full, jnp.full((b,), p + s, jnp.int32))
     expected = naive(*naive_args).astype(jnp.float32)
-    row["naive_ms"] = 1e3 * time_fn(naive, naive_args, iters)
+    row["naive_ms"] = 1e3 * median_time(naive, *naive_args, iters=iters)
     del k_full, v_full, naive_args
   else:
     row["note"] = f"naive skipped: {naive_bytes / 2**30:.1f} GiB of copied KV does not fit"
@@ -156,7 +144,7 @@ def run_config(b, p, s, hq, hkv, *, impl, interpret, iters, seed, block_sizes=No
     row[f"{name}_max_err"] = err
     if not err < 5e-2:  # bf16 inputs, f32 accumulation: errors are ~1e-2 at most
       raise AssertionError(f"{name} disagrees with the reference by {err} at {row}")
-    row[f"{name}_ms"] = 1e3 * time_fn(fn, args, iters)
+    row[f"{name}_ms"] = 1e3 * median_time(fn, *args, iters=iters)
   for name in ("naive", "xla", "pallas"):
     if f"{name}_ms" in row:
       row[f"{name}_tbps"] = row["min_bytes"] / (row[f"{name}_ms"] * 1e-3) / 1e12

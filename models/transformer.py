@@ -8,7 +8,9 @@ never see each other.
 
 Decoding passes a KV ``cache`` (see :func:`init_cache`): per layer ``k, v: [B, S_max, Hkv, D]``
 indexed by absolute position; the tokens of a call are written at their ``positions`` and attend
-to every cached slot ``<=`` their own position.
+to every cached slot ``<=`` their own position. A layer cache that also has ``"levels"`` and
+``"offset"`` is a Hydragen cache (:func:`prefix_cache_attention`): shared prefix KV per
+sharing group plus a per-sequence suffix cache indexed by ``position - offset``.
 """
 from __future__ import annotations
 
@@ -122,6 +124,11 @@ class Attention(nnx.Module):
     q = constrain(rope(q, positions, theta=cfg.rope_theta), ("batch", "seq", "act_heads", None))
     k = constrain(rope(k, positions, theta=cfg.rope_theta), ("batch", "seq", "act_kv", None))
     v = constrain(v, ("batch", "seq", "act_kv", None))
+    if cache is not None and "levels" in cache:  # Hydragen: shared prefix levels + suffix
+      out, new_cache = prefix_cache_attention(q, k, v, positions, cache)
+      out = constrain(out.reshape(b, t, cfg.n_heads * cfg.head_dim),
+                      ("batch", "seq", "act_heads"))
+      return self.o_proj(out), new_cache
     if cache is None:
       idx = jnp.arange(t)
       mask = ((idx[:, None] >= idx[None, :])[None]
@@ -152,6 +159,27 @@ def attend(q, k, v, mask):
   probs = jnp.where(mask[:, None, None], probs, 0.0)
   out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v)
   return out.reshape(b, t, hq, d).astype(q.dtype)
+
+
+def prefix_cache_attention(q, k, v, positions, cache):
+  """Attention over shared prefix levels + the sequence's own suffix cache (Hydragen).
+
+  ``cache``: ``{"k", "v": [B, S, Hkv, D]`` suffix cache, ``"levels"``: tuple of
+  ``kernels_pallas.prefix_attention.PrefixLevel`` (prefix KV per sharing group, read once
+  per group), ``"offset": int32[B]`` total prefix length of each sequence}. Token ``t`` at
+  absolute position ``p`` (RoPE) is stored in suffix slot ``p - offset`` and attends to every
+  prefix level plus suffix slots ``<= p - offset``; the parts are merged exactly via their
+  log-sum-exps (see :mod:`kernels_pallas.prefix_attention`).
+  """
+  from kernels_pallas import prefix_attention as pa  # pylint: disable=g-import-not-at-top
+  b = q.shape[0]
+  rows = jnp.arange(b)[:, None]
+  slots = positions - cache["offset"][:, None]
+  suffix_k = cache["k"].at[rows, slots].set(k.astype(cache["k"].dtype))
+  suffix_v = cache["v"].at[rows, slots].set(v.astype(cache["v"].dtype))
+  out, _ = pa.shared_prefix_attention(q, cache["levels"], suffix_k, suffix_v, slots[:, -1] + 1,
+                                      q_positions=slots, out_dtype=q.dtype)
+  return out, {**cache, "k": suffix_k, "v": suffix_v}
 
 
 class MLP(nnx.Module):

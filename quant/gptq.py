@@ -43,6 +43,7 @@ float32 precision (float64 inputs stay float64, which the tests use for exact co
 from __future__ import annotations
 
 import functools
+import numbers
 import warnings
 
 import jax
@@ -88,7 +89,8 @@ def gptq(w, hessian, *, bits: int, group_size: int, dim: str, act_order: bool = 
                      "(Flax layout [in_features, out_features]).")
   if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
     raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
-  if not (isinstance(damp, (int, float)) and np.isfinite(damp) and damp >= 0):
+  if isinstance(damp, bool) or not (isinstance(damp, numbers.Real) and np.isfinite(damp)
+                                     and damp >= 0):
     raise ValueError(f"damp must be a finite float >= 0 (relative to mean(diag H)), "
                      f"got {damp!r}.")
   if static_groups and dim != "oc":

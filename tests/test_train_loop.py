@@ -76,6 +76,15 @@ def test_trains_evaluates_and_exports(data_dir, tmp_path):
   meta, params = ckpt_lib.load_export(tmp_path / "export")
   assert meta["model"]["n_layers"] == 1 and meta["tokenizer"] == "byte"
   assert params["embed"]["embedding"].shape == (384, 128)
+  # With the model's abstract params: shapes checked, int layer keys as nnx.merge needs.
+  from models import transformer  # pylint: disable=g-import-not-at-top
+  cfg = train.model_config(config)
+  _, typed = ckpt_lib.load_export(tmp_path / "export", transformer.abstract_params(cfg)[1])
+  np.testing.assert_array_equal(typed["layers"][0]["attn"]["q_proj"]["kernel"],
+                                params["layers"]["0"]["attn"]["q_proj"]["kernel"])
+  other = transformer.abstract_params(transformer.preset("tiny", n_layers=2))[1]
+  with pytest.raises(ValueError, match="does not match the model config"):
+    ckpt_lib.load_export(tmp_path / "export", other)
 
 
 def test_resume_after_sigkill_is_exact(data_dir, tmp_path):

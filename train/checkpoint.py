@@ -161,8 +161,23 @@ def read_export_metadata(path: str | os.PathLike) -> dict:
   return meta
 
 
+def _str_keys(tree):
+  """Orbax stores dict keys as strings (the layer list's 0, 1, ... become '0', '1', ...)."""
+  if isinstance(tree, dict):
+    return {str(k): _str_keys(v) for k, v in tree.items()}
+  return tree
+
+
+def _keys_like(tree, like):
+  """``tree`` (string keys, as restored) with the key types of ``like`` (the model's)."""
+  if isinstance(like, dict):
+    return {k: _keys_like(tree[str(k)], v) for k, v in like.items()}
+  return tree
+
+
 def load_export(path: str | os.PathLike, abstract_params=None):
-  """``(metadata, params)``. With ``abstract_params`` (shapes/shardings), shapes are checked."""
+  """``(metadata, params)``. With ``abstract_params`` (shapes/shardings), shapes are checked
+  and the params come back with the same tree structure (int layer keys included)."""
   path = Path(path).absolute()
   meta = read_export_metadata(path)
   if "quantization" in meta:
@@ -173,6 +188,7 @@ def load_export(path: str | os.PathLike, abstract_params=None):
   if abstract_params is None:
     params = ckptr.restore(path / "params")
   else:
+    like, abstract_params = abstract_params, _str_keys(abstract_params)
     stored = ckptr.metadata(path / "params")
     stored_tree = getattr(stored, "item_metadata", stored)
     want = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
@@ -187,5 +203,5 @@ def load_export(path: str | os.PathLike, abstract_params=None):
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype,
                                                          sharding=getattr(x, "sharding", None)),
                           abstract_params)
-    params = ckptr.restore(path / "params", target)
+    params = _keys_like(ckptr.restore(path / "params", target), like)
   return meta, params
