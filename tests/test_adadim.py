@@ -154,5 +154,5 @@ def test_bad_specs_and_layouts():
   with pytest.raises(ValueError, match=r"layers\.\*\.attn\.k_proj \(shape \[in=128, out=64\]\).*fit every "
                      r"linear of this model: \[64, 32, 16\]"):
     adadim.check_layouts(tiny, adadim.QuantSpec(group_size=128, dim="ic"))
-  with pytest.raises(ValueError, match=r"attn\.q_proj .*group_size=48.*\[64, 32, 16\]"):
+  with pytest.raises(ValueError, match=r"attn\.q_proj .*group_size=48.*\[128, 64, 32, 16\]"):
     adadim.check_layouts(tiny, adadim.QuantSpec(group_size=48, dim="oc"))
