@@ -163,7 +163,9 @@ def load_quantized(path: str | os.PathLike):
     raise ValueError(f"quantized export {path} names params the model does not have: "
                      f"{sorted(unknown)[:4]}.")
   try:
-    arrays = ocp.StandardCheckpointer().restore(path / "params", target)
+    # Orbax stores dict keys as strings; restore with string keys, then the model's key types.
+    restored = ocp.StandardCheckpointer().restore(path / "params", ckpt_lib._str_keys(target))  # pylint: disable=protected-access
+    arrays = ckpt_lib._keys_like(restored, target)  # pylint: disable=protected-access
   except Exception as e:  # Orbax raises many types for mismatched or corrupt trees.
     raise ValueError(f"quantized export {path} could not be restored against its model "
                      f"config ({type(e).__name__}: {str(e)[:300]}).") from e

@@ -127,7 +127,7 @@ def eval_batches(data_cfg, *, split: str, seq_len: int, batch_size: int, num_bat
 
 
 def run(args: argparse.Namespace) -> dict:
-  """The whole command; returns {records, eval, out} (also printed)."""
+  """The whole command; returns {out, records, seconds, eval, qparams} (qparams not printed)."""
   t0 = time.time()
   spec = adadim.QuantSpec(method=args.method, bits=args.bits, group_size=args.group,
                           dim=args.dim, calib_mode=args.calib_mode, damp=args.damp)
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> dict:
       "linears": [r.to_json() for r in records]}
   out_path = qexport.save_quantized(args.out, qparams, qmeta)
   result = {"out": str(out_path), "records": [r.to_json() for r in records],
-            "seconds": round(time.time() - t0, 1)}
+            "seconds": round(time.time() - t0, 1), "qparams": qparams}
   if args.eval:
     batches = eval_batches(data_cfg, split=args.eval_split, seq_len=args.calib_seq_len,
                            batch_size=args.eval_batch_size, num_batches=args.eval_batches)
