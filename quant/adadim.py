@@ -176,16 +176,12 @@ class BlockFunctions:
     self.cfg, self.chunk = cfg, int(chunk)
     self.positions = jnp.asarray(positions)
     self.segment_ids = jnp.asarray(segment_ids)
-    blk = functools.partial(T.block_module, cfg)
-    self._attn_input = jax.jit(lambda p, x: blk(p).attn_norm(x))
-    self._attn_output = jax.jit(lambda p, xn, pos, seg: blk(p).attn(xn, pos, seg)[0])
-    self._o_input = jax.jit(lambda p, xn, pos, seg: blk(p).attn.mix(xn, pos, seg)[0])
-    self._mlp_input = jax.jit(lambda p, x, pos, seg: _mlp_input(blk(p), x, pos, seg))
-    self._mlp_output = jax.jit(lambda p, hn: blk(p).mlp(hn))
-    self._down_input = jax.jit(lambda p, hn: blk(p).mlp.hidden(hn))
-    self._block_output = jax.jit(lambda p, x, pos, seg: blk(p)(x, pos, seg)[0])
-    self._embed = jax.jit(lambda p, tokens: T.embed_tokens(cfg, p, tokens))
-    self._linear = jax.jit(lambda w, x: jnp.einsum("...k,kn->...n", x, w.astype(x.dtype)))
+    jitted = _jitted_block_functions(cfg)
+    self._attn_input, self._attn_output = jitted["attn_input"], jitted["attn_output"]
+    self._o_input, self._mlp_input = jitted["o_input"], jitted["mlp_input"]
+    self._mlp_output, self._down_input = jitted["mlp_output"], jitted["down_input"]
+    self._block_output, self._embed = jitted["block_output"], jitted["embed"]
+    self._linear = _linear
 
   def _map(self, fn, params, *arrays, with_mask: bool = False):
     n = arrays[0].shape[0]
@@ -223,6 +219,27 @@ class BlockFunctions:
 
   def linear(self, w, x):
     return self._map(self._linear, w, x)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_block_functions(cfg: T.ModelConfig) -> dict:
+  """One set of jitted pieces per model config, so repeated runs reuse the compilations."""
+  blk = functools.partial(T.block_module, cfg)
+  return {
+      "attn_input": jax.jit(lambda p, x: blk(p).attn_norm(x)),
+      "attn_output": jax.jit(lambda p, xn, pos, seg: blk(p).attn(xn, pos, seg)[0]),
+      "o_input": jax.jit(lambda p, xn, pos, seg: blk(p).attn.mix(xn, pos, seg)[0]),
+      "mlp_input": jax.jit(lambda p, x, pos, seg: _mlp_input(blk(p), x, pos, seg)),
+      "mlp_output": jax.jit(lambda p, hn: blk(p).mlp(hn)),
+      "down_input": jax.jit(lambda p, hn: blk(p).mlp.hidden(hn)),
+      "block_output": jax.jit(lambda p, x, pos, seg: blk(p)(x, pos, seg)[0]),
+      "embed": jax.jit(lambda p, tokens: T.embed_tokens(cfg, p, tokens)),
+  }
+
+
+@jax.jit
+def _linear(w, x):
+  return jnp.einsum("...k,kn->...n", x, w.astype(x.dtype))
 
 
 def _mlp_input(block, x, positions, segment_ids):

@@ -93,10 +93,21 @@ def token_bytes_for(tokenizer_spec: str, vocab_size: int) -> np.ndarray:
   return out
 
 
+_EVAL_STEPS = {}
+
+
+def _eval_step(graphdef, token_bytes):
+  """The jitted eval step, cached so that repeated evaluations reuse its compilations."""
+  from train import step as step_lib
+  key = (graphdef, np.asarray(token_bytes, np.float32).tobytes())
+  if key not in _EVAL_STEPS:
+    _EVAL_STEPS[key] = jax.jit(step_lib.make_eval_step(graphdef, token_bytes))
+  return _EVAL_STEPS[key]
+
+
 def evaluate(graphdef, params_list, batches, token_bytes) -> list[dict]:
   """Validation loss/perplexity/bits-per-byte of each params tree on the same batches."""
-  from train import step as step_lib
-  eval_step = jax.jit(step_lib.make_eval_step(graphdef, token_bytes))
+  eval_step = _eval_step(graphdef, token_bytes)
   sums = [dict(nll=0.0, tokens=0.0, bytes=0.0) for _ in params_list]
   for batch in batches:
     for s, params in zip(sums, params_list):
