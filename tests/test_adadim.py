@@ -12,6 +12,7 @@ from quant.gptq import gptq
 CFG = T.ModelConfig(vocab_size=384, d_model=64, n_layers=2, n_heads=2, n_kv_heads=1,
                     head_dim=32, mlp_dim=128)
 OUTLIER_ROWS = (3, 17, 40)  # input channels of q_proj made 12x larger: per-IC should win
+fake_quant = jax.jit(quantizer.fake_quant, static_argnames=("bits", "group_size", "dim"))
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +30,18 @@ def model():
 def _brute_force_choices(params, calib, spec):
   """Block 0 by hand: nnx sub-modules, numpy float64 MSE, FP inputs (AdaDim RTN-ada)."""
   pos, seg = jnp.asarray(calib["positions"]), jnp.asarray(calib["segment_ids"])
-  x = T.embed_tokens(CFG, params, jnp.asarray(calib["tokens"]))
   fp = params["layers"][0]
-  blk = T.block_module(CFG, fp)
-  xn = blk.attn_norm(x)
-  h = x + blk.attn(xn, pos, seg)[0]
-  hn = blk.mlp_norm(h)
-  inputs = {"attn.o_proj": blk.attn.mix(xn, pos, seg)[0], "mlp.down_proj": blk.mlp.hidden(hn)}
 
-  fake_quant = jax.jit(quantizer.fake_quant, static_argnames=("bits", "group_size", "dim"))
+  @jax.jit
+  def fp_inputs(params):
+    x = T.embed_tokens(CFG, params, jnp.asarray(calib["tokens"]))
+    blk = T.block_module(CFG, params["layers"][0])
+    xn = blk.attn_norm(x)
+    hn = blk.mlp_norm(x + blk.attn(xn, pos, seg)[0])
+    return xn, hn, blk.attn.mix(xn, pos, seg)[0], blk.mlp.hidden(hn)
+
+  xn, hn, o_in, down_in = fp_inputs(params)
+  inputs = {"attn.o_proj": o_in, "mlp.down_proj": down_in}
 
   @jax.jit(static_argnums=1)
   def scope_out(p, name):
@@ -68,7 +72,7 @@ def test_dim_choice_matches_brute_force(model):
   params, calib = model
   spec = adadim.QuantSpec(method="rtn", bits=3, group_size=32, dim="ada")
   assert spec.calib_mode == "fp"
-  qparams, dense, records = ptq.quantize_model(CFG, params, calib, spec, chunk=3,
+  qparams, dense, records = ptq.quantize_model(CFG, params, calib, spec, chunk=2,
                                                progress=False)
   want = _brute_force_choices(params, calib, spec)
   got = [r for r in records if r.layer == 0]
@@ -81,9 +85,8 @@ def test_dim_choice_matches_brute_force(model):
     qw = qparams["layers"][0][r.name.split(".")[0]][r.name.split(".")[1]]["kernel"]
     assert isinstance(qw, qtensor.QuantizedWeight) and qw.dim == r.dim and qw.bits == 3
     np.testing.assert_array_equal(
-        qtensor.dequantize(qw), quantizer.fake_quant(adadim.get_kernel(params["layers"][0],
-                                                                       r.name),
-                                                     bits=3, group_size=32, dim=r.dim))
+        qtensor.dequantize(qw), fake_quant(adadim.get_kernel(params["layers"][0], r.name),
+                                           bits=3, group_size=32, dim=r.dim))
     assert 0 < r.rel_err < 0.5
   dims = {r.name: r.dim for r in got}
   assert dims["attn.q_proj"] == "ic"  # its outlier input channels are isolated per-IC
