@@ -42,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--bits", type=int, default=4, help=f"one of {adadim.BITS}")
   p.add_argument("--group", type=int, default=128, help="group size")
   p.add_argument("--calib-samples", type=int, default=128)
-  p.add_argument("--calib-seq-len", type=int, default=256)
+  p.add_argument("--calib-seq-len", type=int, default=256,
+                 help="tokens per calibration row (also the --eval row length)")
   p.add_argument("--calib-split", default="train")
   p.add_argument("--calib-mode", choices=adadim.CALIB_MODES, default=None,
                  help="default: fp for rtn (AdaDim RTN-ada), sequential for gptq")

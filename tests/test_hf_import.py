@@ -10,6 +10,7 @@ from safetensors.numpy import save_file
 
 from models import hf_import
 from models import transformer as T
+from train import checkpoint
 
 HF_CONFIG = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=96,
                  hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -54,6 +55,12 @@ def test_round_trip_through_handwritten_safetensors(tmp_path, tied):
   for (p, a), (_, b) in zip(jax.tree_util.tree_flatten_with_path(params)[0],
                             jax.tree_util.tree_flatten_with_path(loaded)[0]):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(p))
+  # The CLI writes an effijax export of the same params.
+  assert hf_import.main(["--hf", str(tmp_path), "--out", str(tmp_path / "export")]) == 0
+  meta, exported = checkpoint.load_export(tmp_path / "export", T.abstract_params(cfg)[1])
+  assert T.ModelConfig.from_dict(meta["model"]) == cfg and meta["tokenizer"] == "byte"
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(exported)):
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("tied,shard", [(False, None), (True, "40KB")])
