@@ -111,6 +111,11 @@ class Attention(nnx.Module):
                          std=(h * hd)**-0.5 / (2 * cfg.n_layers)**0.5)
 
   def __call__(self, x, positions, segment_ids, cache=None):
+    out, new_cache = self.mix(x, positions, segment_ids, cache)
+    return self.o_proj(out), new_cache
+
+  def mix(self, x, positions, segment_ids, cache=None):
+    """The heads' outputs ``[B, T, Hq * D]`` before ``o_proj`` (and the new cache)."""
     cfg = self.cfg
     b, t, _ = x.shape
     q = self.q_proj(x).reshape(b, t, cfg.n_heads, cfg.head_dim)
@@ -138,7 +143,7 @@ class Attention(nnx.Module):
       mask = jnp.arange(k.shape[1])[None, None, :] <= positions[:, :, None]
     out = attend(q, k, v, mask)
     out = constrain(out.reshape(b, t, cfg.n_heads * cfg.head_dim), ("batch", "seq", "act_heads"))
-    return self.o_proj(out), new_cache
+    return out, new_cache
 
 
 def attend(q, k, v, mask):
@@ -190,8 +195,12 @@ class MLP(nnx.Module):
                             param_dtype=pd, std=cfg.mlp_dim**-0.5 / (2 * cfg.n_layers)**0.5)
 
   def __call__(self, x):
+    return self.down_proj(self.hidden(x))
+
+  def hidden(self, x):
+    """``silu(gate(x)) * up(x)``: the input of ``down_proj``."""
     h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
-    return self.down_proj(constrain(h, ("batch", "seq", "act_mlp")))
+    return constrain(h, ("batch", "seq", "act_mlp"))
 
 
 class Block(nnx.Module):
@@ -280,6 +289,54 @@ def apply(graphdef, params, tokens, positions=None, segment_ids=None, cache=None
   """Pure forward pass: logits (and the new cache when ``cache`` is given)."""
   model = nnx.merge(graphdef, nnx.State(params))
   return model(tokens, positions, segment_ids, cache)
+
+
+# --------------------------------------------------------------------------------------------
+# One block at a time (post-training quantization walks the model block by block). These run
+# the same modules as ``apply``: embed_tokens -> apply_block for every layer -> final_logits
+# equals ``apply(graphdef, params, tokens, positions, segment_ids)``.
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _graphdefs(cfg: ModelConfig):
+  model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(params=0)))
+  block = nnx.eval_shape(lambda: Block(cfg, rngs=nnx.Rngs(params=0)))
+  return nnx.graphdef(model), nnx.graphdef(block)
+
+
+def _positions_and_segments(tokens_or_x, positions, segment_ids):
+  shape = tokens_or_x.shape[:2]
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(shape[1]), shape)
+  if segment_ids is None:
+    segment_ids = jnp.ones(shape, jnp.int32)
+  return positions, segment_ids
+
+
+def block_module(cfg: ModelConfig, block_params) -> Block:
+  """The ``Block`` holding ``block_params`` (= ``params["layers"][i]``), to call its parts."""
+  return nnx.merge(_graphdefs(cfg)[1], nnx.State(block_params))
+
+
+def embed_tokens(cfg: ModelConfig, params, tokens):
+  """The residual stream entering block 0: ``[B, T, d_model]`` in the compute dtype."""
+  embed = nnx.merge(_graphdefs(cfg)[0], nnx.State(params)).embed
+  return constrain(embed(tokens, jnp.dtype(cfg.dtype)), ("batch", "seq", "act_embed"))
+
+
+def apply_block(cfg: ModelConfig, block_params, x, positions=None, segment_ids=None):
+  """Block ``i``'s output for its input ``x`` (``block_params = params["layers"][i]``)."""
+  positions, segment_ids = _positions_and_segments(x, positions, segment_ids)
+  return block_module(cfg, block_params)(x, positions, segment_ids)[0]
+
+
+def final_logits(cfg: ModelConfig, params, x):
+  """Logits ``[B, T, vocab]`` (f32) from the last block's output."""
+  model = nnx.merge(_graphdefs(cfg)[0], nnx.State(params))
+  x = model.final_norm(x)
+  logits = model.embed.attend(x) if cfg.tie_embeddings else model.lm_head(x)
+  return constrain(logits.astype(jnp.float32), ("batch", "seq", "act_vocab"))
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None):

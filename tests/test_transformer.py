@@ -109,3 +109,24 @@ def test_quantized_kernels_run_through_the_model(tiny):
   fwd = jax.jit(lambda p: T.apply(graphdef, p, tokens))
   np.testing.assert_allclose(fwd(quantized), fwd(dense), atol=1e-5)
   assert not np.allclose(fwd(quantized), fwd(params), atol=1e-3)  # it really is used
+
+
+def test_block_by_block_api_equals_full_forward(tiny):
+  cfg, graphdef, params = tiny
+  tokens = jax.random.randint(jax.random.key(8), (2, 10), 0, cfg.vocab_size)
+  seg = jnp.array([[1] * 6 + [2] * 4, [1] * 10])
+  pos = jnp.array([list(range(6)) + list(range(4)), list(range(10))])
+  full = T.apply(graphdef, params, tokens, pos, seg)
+  x = T.embed_tokens(cfg, params, tokens)
+  for i in range(cfg.n_layers):
+    x = T.apply_block(cfg, params["layers"][i], x, pos, seg)
+  np.testing.assert_allclose(T.final_logits(cfg, params, x), full, atol=1e-5)
+  # The block's parts: o_proj(mix(norm x)) is the attention sub-block, down(hidden) the MLP.
+  blk = T.block_module(cfg, params["layers"][0])
+  x0 = T.embed_tokens(cfg, params, tokens)
+  attn, _ = blk.attn(blk.attn_norm(x0), pos, seg)
+  np.testing.assert_allclose(attn, blk.attn.o_proj(blk.attn.mix(blk.attn_norm(x0), pos, seg)[0]),
+                             atol=0)
+  h = x0 + attn
+  np.testing.assert_allclose(x0 + attn + blk.mlp.down_proj(blk.mlp.hidden(blk.mlp_norm(h))),
+                             T.apply_block(cfg, params["layers"][0], x0, pos, seg), atol=1e-6)

@@ -126,12 +126,16 @@ def export_params(path: str | os.PathLike, params, *, model_config: dict, dtype=
   tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
   cast = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
                       else x, params)
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(tmp / "params", cast)
-  ckptr.wait_until_finished()
-  meta = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "dtype": dtype,
-          "model": model_config, **(extra or {})}
-  (tmp / "export.json").write_text(json.dumps(meta, indent=2))
+  try:
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(tmp / "params", cast)
+    ckptr.wait_until_finished()
+    meta = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "dtype": dtype,
+            "model": model_config, **(extra or {})}
+    (tmp / "export.json").write_text(json.dumps(meta, indent=2))
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written export behind
+    raise
   if path.exists():
     old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
     os.rename(path, old)
@@ -176,6 +180,10 @@ def load_export(path: str | os.PathLike, abstract_params=None):
   and the params come back with the same tree structure (int layer keys included)."""
   path = Path(path).absolute()
   meta = read_export_metadata(path)
+  if "quantization" in meta:
+    raise ValueError(f"{path} is a quantized export ({meta['quantization'].get('method')}, "
+                     f"{meta['quantization'].get('bits')}-bit); load it with "
+                     "quant.export.load_quantized().")
   ckptr = ocp.StandardCheckpointer()
   if abstract_params is None:
     params = ckptr.restore(path / "params")
