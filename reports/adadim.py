@@ -133,7 +133,12 @@ def run(args) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_plot(out, out_dir / "adadim.png")
     (out_dir / "adadim.md").write_text(markdown(out))
-    print(f"wrote {out_dir / 'adadim.md'} and {out_dir / 'adadim.png'}")
+    (out_dir / "adadim.json").write_text(json.dumps(
+        {"fp": out["fp"], "results": out["results"], "args": out["args"],
+         "source": out["source"], "trained_steps": out["meta"].get("trained_steps"),
+         "choices": {f"{k[0]} w{k[1]}": [(l, n, d) for (l, n, d, _) in v]
+                     for k, v in out["choices"].items()}}, indent=1))
+    print(f"wrote {out_dir / 'adadim.md'}, .png and .json")
   return out
 
 
@@ -228,8 +233,8 @@ def markdown(out) -> str:
   lines += ["", f"Caveat: a {cfg.num_params() / 1e6:.1f}M-parameter byte-level model trained "
             "briefly on a CPU is far from the 7B-70B LLaMAs of the paper. Its largest "
             f"activation outlier ratio (max / median of the per-channel max |x|) is "
-            f"{worst:.1f} (layer {worst_layer}, input of {worst_name}); LLaMA's outlier "
-            "channels are orders of magnitude larger. Differences of a few tenths of a "
+            f"{worst:.1f} (layer {worst_layer}, input of {worst_name}); we could not measure "
+            "the paper's LLaMA models here. Differences of a few tenths of a "
             "percent between methods are within what another calibration draw could change; "
             "we ran one draw (seed 0). We do not compare against the paper's numbers.", "",
             "## Which linears chose per-IC", ""]
