@@ -128,7 +128,7 @@ class Attention(nnx.Module):
       out, new_cache = prefix_cache_attention(q, k, v, positions, cache)
       out = constrain(out.reshape(b, t, cfg.n_heads * cfg.head_dim),
                       ("batch", "seq", "act_heads"))
-      return self.o_proj(out), new_cache
+      return out, new_cache  # __call__ applies o_proj
     if cache is None:
       idx = jnp.arange(t)
       mask = ((idx[:, None] >= idx[None, :])[None]
