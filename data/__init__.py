@@ -1,4 +1,5 @@
-"""Data: the bundled `python_stdlib` corpus, tokenizers and the packed, resumable pipeline."""
-from data.pipeline import (BATCH_KEYS, count_batches, default_config, describe_corpus,
-                           make_lm_dataset, make_lm_iterator, unigram_entropy)
-from data.tokenizers import ByteTokenizer, get_tokenizer
+"""Data: the bundled corpora, tokenizers and the packed, resumable input pipelines.
+
+Import the submodules (``data.pipeline``, ``data.tokenizers``, ``data.digits``); this package
+itself imports nothing, so ``data.defaults`` stays light for config files.
+"""

@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data import stdlib_corpus
+from data import defaults, stdlib_corpus
 from data import tokenizers as tokenizers_lib
 
 BATCH_KEYS = ("tokens", "segment_ids", "positions")
@@ -49,17 +49,8 @@ READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=64)
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The ``data`` config section, with its defaults."""
-  return ml_collections.ConfigDict({
-      "name": stdlib_corpus.NAME,   # or any prepared TFDS text dataset ("lm1b", ...)
-      "text_key": "text",
-      "tokenizer": "byte",          # "byte" | "sentencepiece:PATH" | "hf:PATH"
-      "data_dir": None,             # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
-      "train_split": "train",
-      "eval_split": "validation",
-      "max_files": None,            # python_stdlib only: deterministic subset for quick runs
-      "validation_permille": stdlib_corpus.DEFAULT_VALIDATION_PERMILLE,  # python_stdlib only
-  })
+  """The ``data`` config section, with its defaults (:func:`data.defaults.text_config`)."""
+  return defaults.text_config()
 
 
 def _cfg_get(cfg, key: str, default=None):

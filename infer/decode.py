@@ -28,12 +28,12 @@ shared token spans is computed once and kept out of the per-sequence caches:
   the generated tokens.
 
 Each attention call merges the levels' and the suffix's partial attentions exactly
-(:func:`models.transformer.prefix_cache_attention`), so greedy tokens equal the plain
+(:mod:`models.attention`), so greedy tokens equal the plain
 path's. Rows are ordered prompt-major (sample ``j`` of prompt ``p`` is row ``p * n + j``),
 so every sharing group is contiguous, as the kernels require.
 
 **Parallelism.** With a ``mesh``, params are sharded by their logical axes (the training
-rules of :mod:`train.sharding`: heads over ``tensor``) and caches and the batch over
+rules of :mod:`core.sharding`: heads over ``tensor``) and caches and the batch over
 ``(data, fsdp)``; the model's activation constraints apply inside the jitted functions.
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ from jax.sharding import NamedSharding
 
 from infer import sampling as sampling_lib
 from kernels_pallas.prefix_attention import PrefixLevel
-from models import partitioning
+from core import sharding
 from models import transformer
 
 MIN_BUCKET = 16
@@ -174,7 +174,7 @@ class Decoder:
   Args:
     cfg: the model's :class:`models.transformer.ModelConfig`.
     graphdef, params: from :func:`models.transformer.init` or an export (params may hold
-      ``quant.QuantizedWeight`` leaves in place of linear kernels).
+      ``core.qtensor.QuantizedWeight`` leaves in place of linear kernels).
     max_len: longest sequence (prefix + prompt + new tokens) a request may need; longer
       requests raise instead of being truncated.
     pad_id: id written after a row stops.
@@ -182,7 +182,7 @@ class Decoder:
       to the tokenizer's vocab size when the model's vocab is padded.
     prefill_chunk: most prompt tokens per prefill call (a power of two).
     mesh, rules: optional device mesh and logical axis rules (default
-      ``train.sharding.DEFAULT_RULES``) for tensor-parallel heads, data-parallel batch.
+      ``core.sharding.DEFAULT_RULES``) for tensor-parallel heads, data-parallel batch.
   """
 
   def __init__(self, cfg: transformer.ModelConfig, graphdef, params, *, max_len: int = 4096,
@@ -199,9 +199,9 @@ class Decoder:
     self.mesh = mesh
     self.cache_dtype = jnp.dtype(cfg.dtype)
     if mesh is not None:
-      from train import sharding  # pylint: disable=g-import-not-at-top
       self.rules = tuple(rules if rules is not None else sharding.DEFAULT_RULES)
-      params = jax.device_put(params, shard_params(cfg, params, mesh, self.rules))
+      params = jax.device_put(params, sharding.tree_shardings(
+          transformer.logical_axes(cfg), params, mesh, self.rules))
     else:
       self.rules = ()
       # Committed to one device, like restored params, so both hit the same compiled code.
@@ -214,7 +214,7 @@ class Decoder:
   def _data_parallel(self) -> int:
     if self.mesh is None:
       return 1
-    spec = partitioning.logical_to_spec(("batch",), (1 << 30,), dict(self.rules), self.mesh)
+    spec = sharding.logical_to_spec(("batch",), (1 << 30,), dict(self.rules), self.mesh)
     axes = spec[0] if spec[0] is not None else ()
     axes = (axes,) if isinstance(axes, str) else axes
     return math.prod(self.mesh.shape[a] for a in axes)
@@ -222,7 +222,7 @@ class Decoder:
   def _zeros(self, shape, dtype, logical_axes):
     if self.mesh is None:
       return jnp.zeros(shape, dtype)
-    spec = partitioning.logical_to_spec(logical_axes, shape, dict(self.rules), self.mesh)
+    spec = sharding.logical_to_spec(logical_axes, shape, dict(self.rules), self.mesh)
     return jnp.zeros(shape, dtype, device=NamedSharding(self.mesh, spec))
 
   def _suffix_cache(self, batch, length, levels, offset):
@@ -240,7 +240,7 @@ class Decoder:
   def _run(self, fn, *args, **kwargs):
     if self.mesh is None:
       return fn(*args, **kwargs)
-    with partitioning.axis_rules(self.rules, self.mesh):
+    with sharding.axis_rules(self.rules, self.mesh):
       return fn(*args, **kwargs)
 
   def _prefill_rows(self, rows: list[list[int]], batch: int, cache, start):
@@ -408,20 +408,3 @@ class Decoder:
                       prefill_tokens=prefill_tokens, prefill_s=prefill_s,
                       decode_tokens=sum(len(t) for ts in tokens for t in ts),
                       decode_s=decode_s)
-
-
-def shard_params(cfg, params, mesh, rules):
-  """NamedShardings for ``params`` by their logical axes; QuantizedWeight leaves follow their
-  kernel's axes (each 2-D array shards a dim only where it divides, else replicates)."""
-  rules = dict(rules)
-  logical = transformer.logical_axes(cfg)
-
-  def for_leaf(axes, x):
-    def one(a):
-      spec = (partitioning.logical_to_spec(axes, a.shape, rules, mesh)
-              if axes is not None and a.ndim == len(axes) else jax.sharding.PartitionSpec())
-      return NamedSharding(mesh, spec)
-    return jax.tree.map(one, x)
-
-  return jax.tree.map(for_leaf, logical, params,
-                      is_leaf=lambda x: isinstance(x, tuple) or x is None)

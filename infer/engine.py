@@ -21,17 +21,18 @@ from typing import Sequence
 
 import jax
 
+from core import checkpoint
 from data import tokenizers
 from infer import decode
-from models import transformer
-from train import checkpoint
+from models import registry, transformer
 
 MIN_SHARED_PREFIX = 16
 
 
 def load(export_path, *, model_config: transformer.ModelConfig | None = None,
          max_len: int = 4096, mesh=None, rules=None):
-  """``(Decoder, tokenizer, metadata)`` of an export written by ``train`` / ``quant``.
+  """``(Decoder, tokenizer, metadata)`` of a dense or quantized export (written by ``train``,
+  ``quant/main.py`` or an importer); quantized kernels run through the low-bit matmul.
 
   ``model_config`` (default: the export's own) is checked against the stored params; a
   mismatch raises a ValueError naming the differing params.
@@ -41,7 +42,10 @@ def load(export_path, *, model_config: transformer.ModelConfig | None = None,
     if "model" not in meta:
       raise ValueError(f"export {export_path} has no model config in export.json; pass "
                        "model_config explicitly.")
-    model_config = transformer.ModelConfig.from_dict(meta["model"])
+    module, model_config = registry.from_dict(meta["model"])
+    if module is not transformer:
+      raise ValueError(f"export {export_path} holds a {meta['model'].get('name')!r} model; "
+                       "infer/ generates text with transformer language models.")
   graphdef, abstract = transformer.abstract_params(model_config)
   _, params = checkpoint.load_export(export_path, abstract)
   tok = tokenizers.get_tokenizer(meta.get("tokenizer", "byte"))

@@ -34,7 +34,8 @@ Implementations (``impl=``): ``"reference"`` (jnp dequantize + f32 dot), ``"pall
 (Triton: split-K grid over (M tiles, N tiles, K splits), in-kernel K loop), ``"pallas_tpu"``
 (Mosaic: grid (M, N, K) with an f32 VMEM accumulator), ``"auto"`` (by
 ``jax.default_backend()``). ``interpret=True`` runs either Pallas kernel in interpret mode
-(CPU tests). Block sizes: ``GPU_BLOCKS`` / ``TPU_BLOCKS`` below.
+(CPU tests). Block sizes: ``BLOCK_SIZES`` below (typed, per impl and regime); dispatch
+policy: :mod:`kernels_pallas.common`.
 """
 from __future__ import annotations
 
@@ -49,27 +50,65 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as plgpu
 
-from quant import packing
-from quant.qtensor import QuantizedWeight, dequantize
+from core import packing
+from core.qtensor import QuantizedWeight, dequantize
+from kernels_pallas import common
 
-IMPLS = ("auto", "reference", "pallas_gpu", "pallas_tpu")
+# Block sizes per (impl, regime); regime "decode" for M <= DECODE_MAX_M, else "prefill".
+# CPU-UNTUNED DEFAULTS: chosen from the shapes' arithmetic, not measured; retune with
+# benchmarks/lowbit_matmul.py on the H200 / a TPU.
 
-# Block sizes. CPU-UNTUNED DEFAULTS: chosen from the shapes' arithmetic, not measured; retune
-# with benchmarks/lowbit_matmul.py on the H200 / a TPU. "decode" is used for M <= 16.
-# GPU: bm/tn/chunk are powers of two, >= 16 (Triton dot); chunk = K rows per loop step (per-OC:
-# at most one group); target_programs = split-K aims for this many programs (2 waves on 132
-# SMs) so that M = 1 still reads the weights with every SM.
-GPU_BLOCKS = {
-    "decode": dict(bm=16, tn=128, chunk=128, target_programs=264, num_warps=4, num_stages=4),
-    "prefill": dict(bm=64, tn=128, chunk=64, target_programs=132, num_warps=4, num_stages=3),
+
+@dataclasses.dataclass(frozen=True)
+class GpuBlocks:
+  """Triton tiles. ``bm``/``tn``/``chunk``: powers of two >= 16 (Triton dot minimum);
+  ``chunk`` = K rows per loop step (per-OC: at most one group); split-K aims for
+  ``target_programs`` programs (2 waves on the H200's 132 SMs) unless ``splits`` is set."""
+  bm: int
+  tn: int
+  chunk: int
+  target_programs: int
+  num_warps: int
+  num_stages: int
+  splits: int | None = None
+
+  def __post_init__(self):
+    for name in ("bm", "tn", "chunk"):
+      common.require_pow2("GpuBlocks", name, getattr(self, name), 16)
+    for name in ("target_programs", "num_warps", "num_stages"):
+      common.require_multiple("GpuBlocks", name, getattr(self, name), 1)
+    if self.splits is not None:
+      common.require_multiple("GpuBlocks", "splits", self.splits, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuBlocks:
+  """Mosaic tiles: ``bm`` multiple of 16 (bf16 packs 16 sublanes), ``tn``/``tk``/``chunk``
+  multiples of 128 (lanes); ``chunk`` = K rows unpacked at once (divides ``tk``)."""
+  bm: int
+  tn: int
+  tk: int
+  chunk: int
+
+  def __post_init__(self):
+    for name, mult in (("bm", 16), ("tn", 128), ("tk", 128), ("chunk", 128)):
+      common.require_multiple("TpuBlocks", name, getattr(self, name), mult, "(8, 128) tiles")
+
+
+BLOCK_SIZES = {
+    ("pallas_gpu", "decode"): GpuBlocks(bm=16, tn=128, chunk=128, target_programs=264,
+                                        num_warps=4, num_stages=4),
+    ("pallas_gpu", "prefill"): GpuBlocks(bm=64, tn=128, chunk=64, target_programs=132,
+                                         num_warps=4, num_stages=3),
+    ("pallas_tpu", "decode"): TpuBlocks(bm=16, tn=512, tk=2048, chunk=256),
+    ("pallas_tpu", "prefill"): TpuBlocks(bm=256, tn=512, tk=1024, chunk=256),
 }
-# TPU: bm multiple of 16, tn and tk multiples of 128, chunk = K rows unpacked at once
-# (divides tk; >= 8 * codes-per-word so the word slab fills whole (8, 128) tiles).
-TPU_BLOCKS = {
-    "decode": dict(bm=16, tn=512, tk=2048, chunk=256),
-    "prefill": dict(bm=256, tn=512, tk=1024, chunk=256),
-}
+BLOCKS_TYPE = {"pallas_gpu": GpuBlocks, "pallas_tpu": TpuBlocks}
 DECODE_MAX_M = 16
+
+
+def regime(m: int) -> str:
+  return "decode" if m <= DECODE_MAX_M else "prefill"
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,21 +182,15 @@ class _GpuPlan:
   num_stages: int
 
 
-def _plan_gpu(m, qw: QuantizedWeight, block_sizes) -> _GpuPlan:
+def _plan_gpu(m, qw: QuantizedWeight, blocks: GpuBlocks | None) -> _GpuPlan:
   k, n = qw.shape
   g, bits = qw.group_size, qw.bits
-  cfg = dict(GPU_BLOCKS["decode" if m <= DECODE_MAX_M else "prefill"])
-  cfg.update(block_sizes or {})
-  for name in ("bm", "tn", "chunk"):
-    v = cfg[name]
-    if v < 16 or v & (v - 1):
-      raise ValueError(f"block_sizes[{name!r}]={v}: pallas_gpu tiles must be powers of two "
-                       ">= 16 (Triton dot minimum).")
-  bm = min(cfg["bm"], max(16, 1 << (m - 1).bit_length()))
-  tn_cap = cfg["tn"] if qw.dim == "oc" else min(cfg["tn"], g)
+  cfg = blocks or BLOCK_SIZES[("pallas_gpu", regime(m))]
+  bm = min(cfg.bm, max(16, 1 << (m - 1).bit_length()))
+  tn_cap = cfg.tn if qw.dim == "oc" else min(cfg.tn, g)
   tn = _pow2_divisor(n if qw.dim == "oc" else math.gcd(n, g), tn_cap)
   min_chunk = 32 if bits == 3 else 16
-  chunk = _pow2_divisor(k if qw.dim == "ic" else math.gcd(k, g), cfg["chunk"])
+  chunk = _pow2_divisor(k if qw.dim == "ic" else math.gcd(k, g), cfg.chunk)
   if tn < 16:
     what = (f"out_features N={n}" if qw.dim == "oc" else
             f"group_size={g} (per-IC: an N tile must sit in one column group)")
@@ -169,8 +202,8 @@ def _plan_gpu(m, qw: QuantizedWeight, block_sizes) -> _GpuPlan:
     raise ValueError(f"pallas_gpu needs {what} to be a multiple of {min_chunk} for "
                      f"{bits}-bit weights; use impl='reference' or group_size 64/128.")
   tiles = -(-m // bm) * (n // tn)
-  splits = cfg.get("splits") or max(1, min(k // chunk, -(-cfg["target_programs"] // tiles)))
-  return _GpuPlan(bm, tn, chunk, int(splits), cfg["num_warps"], cfg["num_stages"])
+  splits = cfg.splits or max(1, min(k // chunk, -(-cfg.target_programs // tiles)))
+  return _GpuPlan(bm, tn, chunk, int(splits), cfg.num_warps, cfg.num_stages)
 
 
 def _gpu_kernel(x_ref, w_ref, s_ref, z_ref, o_ref, *, bits, dim, group_size, k, plan):
@@ -226,6 +259,7 @@ def _pallas_gpu(x2, qw: QuantizedWeight, block_sizes, interpret):
       kernel, out_shape=out_shape, grid=(mp // plan.bm, n // plan.tn, plan.splits),
       compiler_params=plgpu.CompilerParams(num_warps=plan.num_warps,
                                            num_stages=plan.num_stages),
+      cost_estimate=cost_estimate(mp, qw, x2.dtype),
       interpret=interpret, name=f"lowbit_matmul_gpu_int{qw.bits}_{qw.dim}",
   )(x2, qw.packed, qw.scales, qw.zeros)
   if plan.splits > 1:
@@ -245,30 +279,25 @@ class _TpuPlan:
   chunk: int
 
 
-def _plan_tpu(m, qw: QuantizedWeight, block_sizes) -> _TpuPlan:
+def _plan_tpu(m, qw: QuantizedWeight, blocks: TpuBlocks | None) -> _TpuPlan:
   k, n = qw.shape
   g, bits = qw.group_size, qw.bits
-  cfg = dict(TPU_BLOCKS["decode" if m <= DECODE_MAX_M else "prefill"])
-  cfg.update(block_sizes or {})
+  cfg = blocks or BLOCK_SIZES[("pallas_tpu", regime(m))]
   if g % 128:
     raise ValueError(f"pallas_tpu needs group_size % 128 == 0 (lane-aligned groups), got "
                      f"group_size={g}; use impl='reference' or group_size 128.")
-  for name, mult in (("bm", 16), ("tn", 128), ("tk", 128), ("chunk", 128)):
-    if cfg[name] % mult:
-      raise ValueError(f"block_sizes[{name!r}]={cfg[name]} must be a multiple of {mult} for "
-                       "pallas_tpu ((8, 128) tiles; bf16 packs 16 sublanes).")
   # The word slab of a chunk fills whole 8-row tiles; a per-OC chunk holds whole groups or
   # lies inside one.
   unit = max(128, 8 * (32 if bits == 3 else 32 // bits))
   whole_groups = (lambda t: t % g == 0 or g % t == 0) if qw.dim == "oc" else (lambda t: True)
-  chunk = _largest_multiple_divisor(k, unit, max(cfg["chunk"], unit), whole_groups)
+  chunk = _largest_multiple_divisor(k, unit, max(cfg.chunk, unit), whole_groups)
   if chunk is None:
     raise ValueError(f"pallas_tpu needs in_features K={k} to be a multiple of {unit} for "
                      f"{bits}-bit weights (one unpack chunk); use impl='reference'.")
-  bm = min(cfg["bm"], -(-m // 16) * 16)
-  tn = _largest_multiple_divisor(n if qw.dim == "oc" else math.gcd(n, g), 128, cfg["tn"])
+  bm = min(cfg.bm, -(-m // 16) * 16)
+  tn = _largest_multiple_divisor(n if qw.dim == "oc" else math.gcd(n, g), 128, cfg.tn)
   # Per-OC: a K tile holds whole groups or lies inside one (the scale BlockSpec needs it).
-  tk = _largest_multiple_divisor(k, chunk, max(cfg["tk"], chunk), whole_groups)
+  tk = _largest_multiple_divisor(k, chunk, max(cfg.tk, chunk), whole_groups)
   if tn is None:
     raise ValueError(f"pallas_tpu needs out_features N={n} to be a multiple of 128.")
   return _TpuPlan(bm, tn, tk, chunk)
@@ -363,6 +392,7 @@ def _pallas_tpu(x2, qw: QuantizedWeight, block_sizes, interpret):
       scratch_shapes=[pltpu.VMEM((bm, tn), jnp.float32)],
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "arbitrary")),
+      cost_estimate=cost_estimate(mp, qw, x2.dtype),
       interpret=interpret, name=f"lowbit_matmul_tpu_int{bits}_{qw.dim}",
   )(x2, *word_args, scales, zeros)
   return y[:m]
@@ -372,9 +402,20 @@ def _pallas_tpu(x2, qw: QuantizedWeight, block_sizes, interpret):
 # Public entry point.
 
 
+def cost_estimate(m: int, qw: QuantizedWeight, x_dtype) -> pl.CostEstimate:
+  """What the reference costs: ``2 M K N`` FLOPs (+ the group corrections), and the bytes of
+  x, the packed weights, scales, zeros and the output, each read or written once."""
+  k, n = qw.shape
+  itemsize = jnp.dtype(x_dtype).itemsize
+  groups = k * n // qw.group_size
+  flops = 2 * m * k * n + 2 * m * groups
+  return pl.CostEstimate(flops=int(flops), transcendentals=0,
+                         bytes_accessed=int(m * k * itemsize + qw.nbytes() + m * n * itemsize))
+
+
 def _check_inputs(x, qw: QuantizedWeight) -> int:
   if not isinstance(qw, QuantizedWeight):
-    raise ValueError(f"qw must be a quant.qtensor.QuantizedWeight, got {type(qw).__name__}.")
+    raise ValueError(f"qw must be a core.qtensor.QuantizedWeight, got {type(qw).__name__}.")
   qw.validate()  # shapes vs bits/group_size/dim metadata
   k = qw.in_features
   if x.ndim < 1 or x.shape[-1] != k:
@@ -385,31 +426,38 @@ def _check_inputs(x, qw: QuantizedWeight) -> int:
   return k
 
 
-def lowbit_matmul(x, qw: QuantizedWeight, *, impl: str = "auto", block_sizes=None,
-                  interpret: bool = False):
+_PLANS = {"pallas_gpu": _plan_gpu, "pallas_tpu": _plan_tpu}
+
+
+def lowbit_matmul(x, qw: QuantizedWeight, *, impl: str = "auto",
+                  block_sizes: GpuBlocks | TpuBlocks | None = None, interpret: bool = False):
   """``x @ dequantize(qw)`` without materializing the weight; f32 accumulation.
 
   Args:
     x: ``[..., K]`` activations (bf16/f16/f32); leading dims are flattened to M.
     qw: the quantized ``[K, N]`` weight. If ``qw.perm`` is set, ``x[..., perm]`` is used
       (packed row i is input channel perm[i]).
-    impl: "auto" (gpu -> "pallas_gpu", tpu -> "pallas_tpu", else "reference"), "reference",
-      "pallas_gpu" or "pallas_tpu".
-    block_sizes: optional dict overriding entries of ``GPU_BLOCKS`` / ``TPU_BLOCKS``
-      (GPU: bm, tn, chunk, splits, target_programs, num_warps, num_stages; TPU: bm, tn, tk,
-      chunk).
+    impl: "auto", "reference", "pallas_gpu" or "pallas_tpu" (dispatch policy:
+      :mod:`kernels_pallas.common`).
+    block_sizes: a ``GpuBlocks`` / ``TpuBlocks`` replacing the ``BLOCK_SIZES`` entry of the
+      impl and regime (``dataclasses.replace(BLOCK_SIZES[("pallas_gpu", "decode")], tn=64)``).
     interpret: run the Pallas kernel in interpret mode (works on CPU; for tests).
 
   Returns:
     ``[..., N]`` in ``x.dtype``.
   """
-  if impl not in IMPLS:
-    raise ValueError(f"impl={impl!r} is not one of {IMPLS}.")
   k = _check_inputs(x, qw)
-  if impl == "auto":
-    backend = jax.default_backend()
-    impl = {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "tpu": "pallas_tpu"}.get(
-        backend, "reference")
+  m = math.prod(x.shape[:-1])
+
+  def why_not(candidate):
+    try:
+      common.check_block_sizes(block_sizes, BLOCKS_TYPE[candidate], "lowbit_matmul")
+      _PLANS[candidate](max(m, 1), qw, block_sizes)
+      return None
+    except ValueError as e:
+      return str(e)
+
+  impl = common.resolve_impl(impl, kernel="lowbit_matmul", why_not=why_not)
   if impl == "reference":
     return reference(x, qw)
   lead = x.shape[:-1]

@@ -43,6 +43,7 @@ columns, so no KV copy or transpose is made.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Sequence
@@ -52,21 +53,58 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+from jax.experimental.pallas import triton as plgpu
 
-IMPLS = ("auto", "reference", "pallas_gpu", "pallas_tpu")
+from kernels_pallas import common
 
 # Block sizes per (impl, regime); regime is "decode" for Sq == 1, else "prefill".
 # UNTUNED: sensible first guesses until the H200 / TPU benchmark runs
-# (benchmarks/prefix_attention.py --sweep-blocks). block_m is capped to the rows present;
-# GPU `min_programs` ~ 2 programs per H200 SM (132): the KV axis is split until reached.
+# (benchmarks/prefix_attention.py --sweep-blocks). block_m is capped to the rows present.
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuBlocks:
+  """Triton tiles: ``block_m`` query rows x ``block_k`` keys (powers of two >= 16); the KV
+  axis is split until ``min_programs`` programs run (~2 per H200 SM: 132)."""
+  block_m: int
+  block_k: int
+  num_warps: int
+  num_stages: int
+  min_programs: int
+
+  def __post_init__(self):
+    for name in ("block_m", "block_k"):
+      common.require_pow2("GpuBlocks", name, getattr(self, name), 16)
+    for name in ("num_warps", "num_stages", "min_programs"):
+      common.require_multiple("GpuBlocks", name, getattr(self, name), 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuBlocks:
+  """Mosaic tiles: ``block_m`` query rows (multiple of 8 sublanes) x ``block_k`` keys
+  (multiple of 128 lanes)."""
+  block_m: int
+  block_k: int
+
+  def __post_init__(self):
+    common.require_multiple("TpuBlocks", "block_m", self.block_m, 8, "sublanes")
+    common.require_multiple("TpuBlocks", "block_k", self.block_k, 128, "lanes")
+
+
 BLOCK_SIZES = {
-    ("pallas_gpu", "decode"): dict(block_m=64, block_k=64, num_warps=4, num_stages=3,
-                                   min_programs=264),
-    ("pallas_gpu", "prefill"): dict(block_m=128, block_k=64, num_warps=8, num_stages=2,
-                                    min_programs=264),
-    ("pallas_tpu", "decode"): dict(block_m=128, block_k=512),
-    ("pallas_tpu", "prefill"): dict(block_m=256, block_k=512),
+    ("pallas_gpu", "decode"): GpuBlocks(block_m=64, block_k=64, num_warps=4, num_stages=3,
+                                        min_programs=264),
+    ("pallas_gpu", "prefill"): GpuBlocks(block_m=128, block_k=64, num_warps=8, num_stages=2,
+                                         min_programs=264),
+    ("pallas_tpu", "decode"): TpuBlocks(block_m=128, block_k=512),
+    ("pallas_tpu", "prefill"): TpuBlocks(block_m=256, block_k=512),
 }
+BLOCKS_TYPE = {"pallas_gpu": GpuBlocks, "pallas_tpu": TpuBlocks}
+
+
+def regime(sq: int) -> str:
+  return "decode" if sq == 1 else "prefill"
 
 
 @struct.dataclass
@@ -167,7 +205,6 @@ def _finalize(acc, m, l):
 
 def _gpu_kernel(limit_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, sm_scale, block_k,
                 kv_per_split, seq_len):
-  from jax.experimental.pallas import triton as plgpu
   split_start = pl.program_id(3) * kv_per_split
   q = q_ref[...]
   limit = limit_ref[...]
@@ -193,15 +230,14 @@ def _gpu_kernel(limit_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, sm_scale, blo
   lse_ref[...] = lse
 
 
-def _pallas_gpu_rows(q_rows, k, v, row_limit, sm_scale, blocks, interpret):
-  from jax.experimental.pallas import triton as plgpu
+def _pallas_gpu_rows(q_rows, k, v, row_limit, sm_scale, blocks, interpret, real_rows):
   n, hkv, m_pad, d = q_rows.shape
   seq_len = k.shape[1]
-  block_m, block_k = blocks["block_m"], blocks["block_k"]
+  block_m, block_k = blocks.block_m, blocks.block_k
   num_row_blocks = m_pad // block_m
   kv_blocks = pl.cdiv(seq_len, block_k)
   programs = n * hkv * num_row_blocks
-  splits = min(kv_blocks, max(1, pl.cdiv(blocks["min_programs"], programs)))
+  splits = min(kv_blocks, max(1, pl.cdiv(blocks.min_programs, programs)))
   kv_per_split = pl.cdiv(kv_blocks, splits) * block_k
   splits = pl.cdiv(seq_len, kv_per_split)  # no split may start past the end
   k2 = k.reshape(n, seq_len, hkv * d)
@@ -223,8 +259,9 @@ def _pallas_gpu_rows(q_rows, k, v, row_limit, sm_scale, blocks, interpret):
       ],
       out_shape=[jax.ShapeDtypeStruct((splits, n, hkv, m_pad, d), jnp.float32),
                  jax.ShapeDtypeStruct((splits, n, hkv, m_pad), jnp.float32)],
-      compiler_params=plgpu.CompilerParams(num_warps=blocks["num_warps"],
-                                           num_stages=blocks["num_stages"]),
+      compiler_params=plgpu.CompilerParams(num_warps=blocks.num_warps,
+                                           num_stages=blocks.num_stages),
+      cost_estimate=cost_estimate(q_rows, k, real_rows),
       interpret=interpret,
       name="prefix_attention_gpu",
   )(row_limit, q_rows, k2, v2)
@@ -263,12 +300,11 @@ def _tpu_kernel(last_key_ref, limit_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, ac
     lse_ref[...] = lse[:, None]
 
 
-def _pallas_tpu_rows(q_rows, k, v, row_limit, sm_scale, blocks, interpret):
-  from jax.experimental.pallas import tpu as pltpu
+def _pallas_tpu_rows(q_rows, k, v, row_limit, sm_scale, blocks, interpret, real_rows):
   n, hkv, m_pad, d = q_rows.shape
   seq_len = k.shape[1]
-  block_m = blocks["block_m"]
-  block_k = min(blocks["block_k"], _round_up(seq_len, 8))
+  block_m = blocks.block_m
+  block_k = min(blocks.block_k, _round_up(seq_len, 8))
   num_row_blocks, kv_blocks = m_pad // block_m, pl.cdiv(seq_len, block_k)
   # Last visible key per row tile: decides which KV blocks are computed, and the K/V index
   # maps clamp to it so that skipped blocks repeat the previous block (no new DMA).
@@ -303,6 +339,7 @@ def _pallas_tpu_rows(q_rows, k, v, row_limit, sm_scale, blocks, interpret):
                  jax.ShapeDtypeStruct((n, hkv, m_pad, 1), jnp.float32)],
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+      cost_estimate=cost_estimate(q_rows, k, real_rows),
       interpret=interpret,
       name="prefix_attention_tpu",
   )(last_key.astype(jnp.int32), row_limit[..., None], q_rows,
@@ -314,21 +351,35 @@ def _round_up(x, m):
   return -(-x // m) * m
 
 
-def _resolve_impl(impl, head_dim, hkv):
-  if impl not in IMPLS:
-    raise ValueError(f"impl={impl!r} is not one of {IMPLS}.")
-  if impl != "auto":
-    return impl
-  backend = jax.default_backend()
-  pow2 = head_dim >= 16 and head_dim & (head_dim - 1) == 0
-  if backend == "gpu" and pow2:
-    return "pallas_gpu"
-  if backend == "tpu" and (head_dim % 128 == 0 or hkv == 1):
-    return "pallas_tpu"
-  return "reference"  # CPU, or a head_dim the kernels do not tile
+def cost_estimate(q_rows, k, real_rows: int) -> pl.CostEstimate:
+  """The reference's cost for ``real_rows`` query rows per (group, kv head): ``QK^T`` and
+  ``PV`` (``4 * rows * S * D`` FLOPs), one exp per score, and q/k/v/out/lse bytes once."""
+  n, hkv, _, d = q_rows.shape
+  seq = k.shape[1]
+  rows = n * hkv * real_rows
+  itemsize = jnp.dtype(k.dtype).itemsize
+  return pl.CostEstimate(
+      flops=int(4 * rows * seq * d), transcendentals=int(rows * seq),
+      bytes_accessed=int(rows * d * (q_rows.dtype.itemsize + 4) + rows * 4
+                         + 2 * n * seq * hkv * d * itemsize))
 
 
-def _attention_rows(q_rows, k, v, row_limit, *, sm_scale, impl, interpret, block_sizes):
+def _why_not(impl, head_dim, hkv, block_sizes):
+  """None when ``impl`` can tile these heads with these block sizes, else the reason."""
+  try:
+    common.check_block_sizes(block_sizes, BLOCKS_TYPE[impl], "prefix_attention")
+  except ValueError as e:
+    return str(e)
+  if impl == "pallas_gpu" and (head_dim < 16 or head_dim & (head_dim - 1)):
+    return (f"pallas_gpu needs a power-of-two head_dim >= 16, got {head_dim}; use "
+            "impl='reference' or pad the heads.")
+  if impl == "pallas_tpu" and head_dim % 128 and hkv != 1:
+    return (f"pallas_tpu needs head_dim % 128 == 0 (or one kv head), got head_dim={head_dim};"
+            " use impl='reference'.")
+  return None
+
+
+def _attention_rows(q_rows, k, v, row_limit, *, sm_scale, impl, interpret, blocks, rows):
   """Dispatch the folded-row attention; q_rows' M is already padded for ``impl``."""
   if k.shape[1] == 0:  # nothing to attend: empty suffix
     shape = q_rows.shape
@@ -336,24 +387,16 @@ def _attention_rows(q_rows, k, v, row_limit, *, sm_scale, impl, interpret, block
   if impl == "reference":
     return _reference_rows(q_rows, k, v, row_limit, sm_scale)
   run = _pallas_gpu_rows if impl == "pallas_gpu" else _pallas_tpu_rows
-  return run(q_rows, k, v, row_limit, sm_scale, block_sizes, interpret)
+  return run(q_rows, k, v, row_limit, sm_scale, blocks, interpret, rows)
 
 
-def _blocks_for(impl, regime, rows, head_dim, hkv, overrides):
+def _blocks_for(impl, sq, rows, block_sizes):
+  """The impl's block sizes with ``block_m`` capped to the rows present (None: reference)."""
   if impl == "reference":
-    return {"block_m": rows}
-  blocks = dict(BLOCK_SIZES[(impl, regime)], **(overrides or {}))
-  if impl == "pallas_gpu":
-    if head_dim < 16 or head_dim & (head_dim - 1):
-      raise ValueError(f"impl='pallas_gpu' needs a power-of-two head_dim >= 16, got "
-                       f"{head_dim}; use impl='reference' or pad the heads.")
-    blocks["block_m"] = min(blocks["block_m"], max(16, pl.next_power_of_2(rows)))
-  else:
-    if head_dim % 128 and hkv != 1:
-      raise ValueError(f"impl='pallas_tpu' needs head_dim % 128 == 0 (or one kv head), got "
-                       f"head_dim={head_dim}; use impl='reference'.")
-    blocks["block_m"] = min(blocks["block_m"], _round_up(rows, 8))
-  return blocks
+    return None
+  blocks = block_sizes or BLOCK_SIZES[(impl, regime(sq))]
+  cap = max(16, pl.next_power_of_2(rows)) if impl == "pallas_gpu" else _round_up(rows, 8)
+  return dataclasses.replace(blocks, block_m=min(blocks.block_m, cap))
 
 
 # ----------------------------------------------------------------------------------------
@@ -433,13 +476,13 @@ def _grouped_attention(q, k, v, per_seq_limit, group_sizes, *, sm_scale, impl, i
   """q [B,Sq,Hq,D] vs k/v [N,S,Hkv,D]; sequence b of group n sees keys <= its limit."""
   b, sq, hq, d = q.shape
   hkv = k.shape[2]
-  impl = _resolve_impl(impl, d, hkv)
-  regime = "decode" if sq == 1 else "prefill"
+  impl = common.resolve_impl(impl, kernel="prefix_attention",
+                             why_not=lambda i: _why_not(i, d, hkv, block_sizes))
   rows = max(group_sizes) * sq * (hq // hkv)
-  blocks = _blocks_for(impl, regime, rows, d, hkv, block_sizes)
+  blocks = _blocks_for(impl, sq, rows, block_sizes)
   return _grouped_attention_jit(q, k, v, per_seq_limit, group_sizes=group_sizes,
                                 sm_scale=sm_scale, impl=impl, interpret=interpret,
-                                blocks=tuple(sorted(blocks.items())), out_dtype=out_dtype)
+                                blocks=blocks, out_dtype=out_dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("group_sizes", "sm_scale", "impl", "interpret",
@@ -448,13 +491,13 @@ def _grouped_attention_jit(q, k, v, per_seq_limit, *, group_sizes, sm_scale, imp
                            interpret, blocks, out_dtype):
   b, sq, hq, d = q.shape
   hkv = k.shape[2]
-  blocks = dict(blocks)
-  q_rows, rows = _fold(q, hkv, group_sizes, blocks["block_m"])
+  rows_per_group = max(group_sizes) * sq * (hq // hkv)
+  q_rows, rows = _fold(q, hkv, group_sizes, blocks.block_m if blocks else rows_per_group)
   row_limit = _row_limits(per_seq_limit.astype(jnp.int32), group_sizes, sq, hq // hkv,
                           q_rows.shape[2])
   scale = 1.0 / math.sqrt(d) if sm_scale is None else sm_scale
   out, lse = _attention_rows(q_rows, k, v, row_limit, sm_scale=scale, impl=impl,
-                             interpret=interpret, block_sizes=blocks)
+                             interpret=interpret, blocks=blocks, rows=rows)
   out, lse = _unfold(out, lse, q.shape, group_sizes, rows)
   return out.astype(out_dtype or jnp.float32), lse
 
@@ -477,7 +520,8 @@ def prefix_attention(q, prefix_k, prefix_v, *, prefix_len=None, group_sizes=None
     group_sizes: static sizes of the N contiguous sharing groups (default: one group).
     sm_scale: softmax scale, default ``1/sqrt(D)``.
     impl: "auto" | "reference" | "pallas_gpu" | "pallas_tpu"; interpret: run Pallas in
-      interpret mode (CPU tests); block_sizes: overrides of the BLOCK_SIZES entry.
+      interpret mode (CPU tests); block_sizes: a ``GpuBlocks`` / ``TpuBlocks`` replacing
+      the ``BLOCK_SIZES`` entry of the impl and regime.
     out_dtype: dtype of ``out`` (default f32: a partial result meant to be merged).
   Returns:
     ``(out [B, Sq, Hq, D], lse f32 [B, Sq, Hq])``, natural-log LSE.
@@ -567,33 +611,3 @@ def _shared_prefix_attention_jit(q, levels, suffix_k, suffix_v, suffix_lengths, 
   lses.append(l)
   out, lse = merge_attention(outs, lses) if len(outs) > 1 else (outs[0], lses[0])
   return out.astype(out_dtype or q.dtype), lse
-
-
-@functools.partial(jax.jit, static_argnames=("sm_scale",))
-def reference_attention(q, k_full, v_full, lengths, *, q_positions=None, sm_scale=None):
-  """Test oracle: plain softmax attention of each sequence over its own full KV.
-
-  ``q [B, Sq, Hq, D]``; ``k_full, v_full [B, T, Hkv, D]`` (prefix levels + suffix
-  concatenated, valid length ``lengths int32[B]``). Query s sits at position
-  ``q_positions[b, s]`` (default ``lengths - Sq + s``) and sees keys ``<=`` it.
-  Returns ``(out f32 [B, Sq, Hq, D], lse f32 [B, Sq, Hq])``.
-  """
-  b, sq, hq, d = q.shape
-  g = _check_qkv(q, k_full, v_full, "full")
-  lengths = jnp.asarray(lengths, jnp.int32)
-  if q_positions is None:
-    q_positions = lengths[:, None] - sq + jnp.arange(sq, dtype=jnp.int32)
-  k = jnp.repeat(k_full.astype(jnp.float32), g, axis=2)  # kv head of q head h: h // G
-  v = jnp.repeat(v_full.astype(jnp.float32), g, axis=2)
-  scale = 1.0 / math.sqrt(d) if sm_scale is None else sm_scale
-  s = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k,
-                 precision=jax.lax.Precision.HIGHEST) * scale
-  key = jnp.arange(k.shape[1])
-  visible = (key[None, None, :] < lengths[:, None, None]) & (
-      key[None, None, :] <= q_positions[:, :, None])
-  s = jnp.where(visible[:, None], s, -jnp.inf)
-  lse = jax.nn.logsumexp(s, axis=-1)
-  p = jnp.where(jnp.isfinite(lse)[..., None], jnp.exp(s - jnp.where(
-      jnp.isfinite(lse), lse, 0.0)[..., None]), 0.0)
-  out = jnp.einsum("bhqk,bkhd->bqhd", p, v, precision=jax.lax.Precision.HIGHEST)
-  return out, lse.transpose(0, 2, 1)

@@ -1,14 +1,33 @@
-"""Building blocks of the Llama-style decoder: RMSNorm, Linear, Embed, RoPE.
+"""Building blocks of the models: Linear, RMSNorm, Embed, RoPE.
 
-Every parameter carries ``logical_axes`` metadata (see :mod:`models.partitioning`).
-``Linear`` computes ``x @ kernel`` through :func:`dot`, which is the single place where a
-quantized kernel (``quant.QuantizedWeight``) is dispatched to the low-bit matmul.
+Every parameter carries ``logical_axes`` metadata (see :mod:`core.sharding`). ``Linear``
+computes ``x @ kernel`` through :func:`dot`, the single place where a kernel that is not a
+plain array goes to its own matmul: a small registry maps weight types to matmuls
+(:func:`register_weight_type`); ``core.qtensor.QuantizedWeight`` -> the low-bit Pallas matmul.
+An FP8 weight type joins with one more ``register_weight_type`` call.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from core.qtensor import QuantizedWeight
+from kernels_pallas.lowbit_matmul import lowbit_matmul
+
+_MATMULS: dict[type, Callable] = {}
+
+
+def register_weight_type(weight_type: type, matmul: Callable) -> None:
+  """``Linear`` computes ``matmul(x, kernel)`` for kernels of ``weight_type``."""
+  if weight_type in _MATMULS and _MATMULS[weight_type] is not matmul:
+    raise ValueError(f"{weight_type.__name__} already has a matmul registered.")
+  _MATMULS[weight_type] = matmul
+
+
+register_weight_type(QuantizedWeight, lowbit_matmul)
 
 
 def _normal(rngs: nnx.Rngs, shape, std: float, dtype):
@@ -16,10 +35,10 @@ def _normal(rngs: nnx.Rngs, shape, std: float, dtype):
 
 
 def dot(x, kernel):
-  """``x @ kernel`` for a dense array or a ``quant.QuantizedWeight`` (low-bit matmul)."""
-  if hasattr(kernel, "packed"):  # a QuantizedWeight
-    from kernels_pallas import lowbit_matmul  # pylint: disable=g-import-not-at-top
-    return lowbit_matmul.lowbit_matmul(x, kernel)
+  """``x @ kernel``: a dense array, or a registered weight type's own matmul."""
+  matmul = _MATMULS.get(type(kernel))
+  if matmul is not None:
+    return matmul(x, kernel)
   return jnp.einsum("...k,kn->...n", x, kernel.astype(x.dtype))
 
 

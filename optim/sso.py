@@ -215,12 +215,14 @@ def eta_at(eta, eta_schedule: str, step):
 
 
 def build_surrogate(params, batch, *, apply_fn: Callable, loss_fn: Callable, eta_t,
-                    target_ndim: int | None = None, num_examples: float | None = None):
+                    target_ndim: int | None = None, num_examples: float | None = None,
+                    return_targets: bool = False):
   """The expensive part of an outer step: ``(L(z_t), S_t - L(z_t) as a function, G_t)``.
 
   Evaluates ``z_t = f_theta_t(X)`` and ``G_t = dL/dz`` once; the returned
   ``surrogate(p) = <G_t, f_p(X) - z_t> + ||f_p(X) - z_t||^2 / (2 eta_t n)`` only re-runs
-  ``apply_fn``. Train-step strategies with their own inner loop (train/step.py) use this.
+  ``apply_fn``. Train-step strategies with their own inner loop (train/strategies.py) use
+  this; ``return_targets`` appends ``z_t``.
   """
   z_t = jax.lax.stop_gradient(apply_fn(params, batch))
   loss_t, target_grad = jax.value_and_grad(lambda z: loss_fn(z, batch))(z_t)
@@ -233,6 +235,8 @@ def build_surrogate(params, batch, *, apply_fn: Callable, loss_fn: Callable, eta
     d = apply_fn(p, batch).astype(jnp.float32) - z_t
     return jnp.vdot(target_grad, d) + prox_weight * jnp.sum(d * d)
 
+  if return_targets:
+    return loss_t, surrogate, target_grad, z_t
   return loss_t, surrogate, target_grad
 
 

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from quant import qtensor
+from core import qtensor
 from quant import quantizer as qz
 
 MAX_DAMP = 10.0  # relative damping beyond which a failing Cholesky is reported as an error

@@ -7,52 +7,56 @@ Writes a quantized export (:mod:`quant.export`: packed weights, scales, zeros, p
 model config, tokenizer), prints a per-linear summary (dim choice, proxy and reconstruction
 errors) and, with ``--eval``, the validation perplexity and bits/byte of the quantized model
 (through ``models.layers.dot`` -> ``kernels_pallas.lowbit_matmul``) next to the unquantized
-one. Calibration: ``--calib-samples`` rows of ``--calib-seq-len`` tokens of the training split
+one. ``--out`` must be a new (or empty) directory; an existing quantized export is replaced
+only with ``--overwrite``, and never the source, a training workdir or any other directory. Calibration: ``--calib-samples`` rows of ``--calib-seq-len`` tokens of the training split
 (``--data`` names the dataset; default the bundled corpus). Calibration modes: see
-:mod:`quant.adadim` (``fp`` for RTN as AdaDim's RTN-ada, ``sequential`` for GPTQ).
+:mod:`quant.ptq` (``fp`` for RTN as AdaDim's RTN-ada, ``sequential`` for GPTQ).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import numpy as np
 
+from core import checkpoint
+from data import pipeline, tokenizers
+from models import registry
 from models import transformer as T
-from quant import adadim, calibration, ptq
-from quant import export as qexport
-from train import checkpoint as ckpt_lib
+from quant import calibration, ptq
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--checkpoint", required=True, help="a dense effijax export directory")
-  p.add_argument("--method", choices=adadim.METHODS, default="rtn")
-  p.add_argument("--dim", choices=adadim.DIM_MODES, default="ada",
+  p.add_argument("--method", choices=ptq.METHODS, default="rtn")
+  p.add_argument("--dim", choices=ptq.DIM_MODES, default="ada",
                  help="oc: per output channel; ic: per input channel; ada: AdaDim's choice")
-  p.add_argument("--bits", type=int, default=4, help=f"one of {adadim.BITS}")
-  p.add_argument("--group", type=int, default=128, help="group size")
+  p.add_argument("--bits", type=int, default=4, help=f"one of {ptq.BITS}")
+  p.add_argument("--group", type=int, default=None,
+                 help="group size (default: 128, or the largest of 256/128/64/32/16 that "
+                 "fits every linear of the model)")
   p.add_argument("--calib-samples", type=int, default=128)
   p.add_argument("--calib-seq-len", type=int, default=256,
                  help="tokens per calibration row (also the --eval row length)")
   p.add_argument("--calib-split", default="train")
-  p.add_argument("--calib-mode", choices=adadim.CALIB_MODES, default=None,
+  p.add_argument("--calib-mode", choices=ptq.CALIB_MODES, default=None,
                  help="default: fp for rtn (AdaDim RTN-ada), sequential for gptq")
   p.add_argument("--data", default=None, help="TFDS dataset name (default: bundled corpus)")
   p.add_argument("--data-dir", default=None)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--damp", type=float, default=0.01, help="GPTQ relative damping")
   p.add_argument("--chunk", type=int, default=16, help="sequences per jitted call")
-  p.add_argument("--out", required=True, help="output export directory")
+  p.add_argument("--out", required=True,
+                 help="output export directory: new, empty, or (with --overwrite) a quantized "
+                 "export to replace")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace an existing quantized export at --out")
   p.add_argument("--eval", action="store_true", help="validation ppl, FP vs quantized")
   p.add_argument("--eval-batches", type=int, default=16)
   p.add_argument("--eval-batch-size", type=int, default=16)
@@ -62,29 +66,43 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_source(path: str):
-  """``(meta, cfg, graphdef, params)`` of a dense export, with clear errors for bad input."""
-  if not os.path.isdir(path):
-    raise ValueError(f"--checkpoint {path!r} is not a directory; pass an effijax export "
-                     "(WORKDIR/export written by train/main.py).")
-  meta = ckpt_lib.read_export_metadata(path)
+  """``(meta, cfg, graphdef, params)`` of a dense transformer export, or a clear ValueError."""
+  meta = checkpoint.read_export_metadata(path)
   if "quantization" in meta:
     raise ValueError(f"--checkpoint {path} is already quantized "
                      f"({meta['quantization'].get('method')}); pass a dense export.")
   model = meta.get("model")
   try:
-    cfg = T.ModelConfig.from_dict(model if isinstance(model, dict) else {})
     if not isinstance(model, dict):
       raise ValueError("export.json has no 'model' dict")
+    module, cfg = registry.from_dict(model)
+    if module is not T:
+      raise ValueError(f"it holds a {model.get('name')!r} model")
   except (TypeError, ValueError) as e:
-    raise ValueError(f"--checkpoint {path} is not an export of an effijax transformer: "
-                     f"{e}.") from e
+    raise ValueError(f"--checkpoint {path} is not an export of an effijax transformer "
+                     f"(language model): {e}.") from e
   graphdef, abstract = T.abstract_params(cfg)
-  _, params = ckpt_lib.load_export(path, abstract)
+  _, params = checkpoint.load_export(path, abstract)
   return meta, cfg, graphdef, params
 
 
+def pick_group_size(args, graphdef, params, spec_kwargs) -> int:
+  """``--group``, or the largest size that fits every linear (128 preferred), said aloud."""
+  if args.group is not None:
+    return args.group
+  shapes = ptq.quantized_linears(graphdef, params).values()
+  fits = ptq.fitting_group_sizes(shapes, ptq.QuantSpec(**spec_kwargs, group_size=128))
+  if not fits:
+    raise ValueError("no group size of 256/128/64/32/16 fits every linear of this model; "
+                     "pass --group explicitly.")
+  group = 128 if 128 in fits else fits[0]
+  if group != 128:
+    print(f"--group not given: using {group}, the largest group size that fits every linear "
+          "of this model (128 does not).")
+  return group
+
+
 def token_bytes_for(tokenizer_spec: str, vocab_size: int) -> np.ndarray:
-  from data import tokenizers
   tok = tokenizers.get_tokenizer(tokenizer_spec)
   if tok.vocab_size > vocab_size:
     raise ValueError(f"tokenizer {tokenizer_spec!r} has {tok.vocab_size} tokens, more than "
@@ -99,10 +117,13 @@ _EVAL_STEPS = {}
 
 def _eval_step(graphdef, token_bytes):
   """The jitted eval step, cached so that repeated evaluations reuse its compilations."""
-  from train import step as step_lib
   key = (graphdef, np.asarray(token_bytes, np.float32).tobytes())
   if key not in _EVAL_STEPS:
-    _EVAL_STEPS[key] = jax.jit(step_lib.make_eval_step(graphdef, token_bytes))
+    def eval_step(params, batch):
+      logits = T.apply(graphdef, params, batch["tokens"], batch["positions"],
+                       batch["segment_ids"])
+      return T.lm_eval_sums(logits, batch, token_bytes)
+    _EVAL_STEPS[key] = jax.jit(eval_step)
   return _EVAL_STEPS[key]
 
 
@@ -127,7 +148,6 @@ def evaluate(graphdef, params_list, batches, token_bytes) -> list[dict]:
 
 
 def eval_batches(data_cfg, *, split: str, seq_len: int, batch_size: int, num_batches: int):
-  from data import pipeline
   it = pipeline.make_lm_iterator(data_cfg, split=split, seq_len=seq_len, batch_size=batch_size,
                                  seed=0, shuffle=False, num_epochs=1)
   out = []
@@ -141,28 +161,40 @@ def eval_batches(data_cfg, *, split: str, seq_len: int, batch_size: int, num_bat
 def run(args: argparse.Namespace) -> dict:
   """The whole command; returns {out, records, seconds, eval, qparams} (qparams not printed)."""
   t0 = time.time()
-  spec = adadim.QuantSpec(method=args.method, bits=args.bits, group_size=args.group,
-                          dim=args.dim, calib_mode=args.calib_mode, damp=args.damp)
+  spec_kwargs = dict(method=args.method, bits=args.bits, dim=args.dim,
+                     calib_mode=args.calib_mode, damp=args.damp)
+  ptq.QuantSpec(**spec_kwargs, group_size=args.group or 128)  # bad flags fail first
+  if not os.path.isdir(args.checkpoint):
+    raise ValueError(f"--checkpoint {args.checkpoint!r} is not a directory; pass an effijax "
+                     "export (WORKDIR/export written by train/main.py).")
+  # Before any work: the destination must be safe to write (never the source, a workdir...).
+  checkpoint.check_export_destination(args.out, kind="quantized", overwrite=args.overwrite,
+                                      sources=[args.checkpoint])
   meta, cfg, graphdef, params = load_source(args.checkpoint)
-  adadim.check_layouts(cfg, spec)  # before any data is read
+  spec = ptq.QuantSpec(**spec_kwargs, group_size=pick_group_size(args, graphdef, params,
+                                                                  spec_kwargs))
+  ptq.check_layouts(graphdef, params, spec)  # before any data is read
   tokenizer = str(meta.get("tokenizer", "byte"))
   data_cfg = calibration.data_config(tokenizer, name=args.data, data_dir=args.data_dir)
   token_bytes = token_bytes_for(tokenizer, cfg.vocab_size)
   calib = calibration.calibration_batch(data_cfg, num_samples=args.calib_samples,
                                         seq_len=args.calib_seq_len, split=args.calib_split,
                                         seed=args.seed)
-  qparams, _, records = ptq.quantize_model(cfg, params, calib, spec, chunk=args.chunk,
-                                           progress=not args.no_progress)
+  qparams, _, records = ptq.quantize_model(graphdef, params, calib, spec, forward=T.forward,
+                                           chunk=args.chunk, progress=not args.no_progress)
   print(ptq.summary_table(records))
-  qmeta = {k: v for k, v in meta.items() if k not in ("format", "version", "dtype")}
-  qmeta["source"] = os.path.abspath(args.checkpoint)
-  qmeta["quantization"] = {
+  extra = {k: v for k, v in meta.items()
+           if k not in ("format", "version", "dtype", "model", "quantization")}
+  extra["source"] = os.path.abspath(args.checkpoint)
+  quantization = {
       "method": spec.method, "bits": spec.bits, "group_size": spec.group_size,
       "dim": spec.dim, "calib_mode": spec.calib_mode, "damp": spec.damp,
       "calib": {"samples": int(calib["tokens"].shape[0]), "seq_len": args.calib_seq_len,
                 "split": args.calib_split, "dataset": data_cfg.name, "seed": args.seed},
       "linears": [r.to_json() for r in records]}
-  out_path = qexport.save_quantized(args.out, qparams, qmeta)
+  out_path = checkpoint.save_export(args.out, qparams, model=registry.to_dict(T, cfg),
+                                    dtype="float32", extra=extra, quantization=quantization,
+                                    overwrite=args.overwrite, sources=[args.checkpoint])
   result = {"out": str(out_path), "records": [r.to_json() for r in records],
             "seconds": round(time.time() - t0, 1), "qparams": qparams}
   if args.eval:

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from quant import packing, qtensor
+from core import packing, qtensor
 
 ADADIM_MIN_RANGE = 1e-5  # clamp on (xmax - xmin) in AdaDim/AWQ's quantizer
 

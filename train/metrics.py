@@ -59,16 +59,19 @@ def truncate_after(workdir: str | Path, step: int) -> None:
 
 
 class Progress:
-  """Console line: step, loss, tokens/s, ETA (rate measured between log calls)."""
+  """Console line: step, loss, throughput (tok/s or ex/s), ETA (rate between log calls)."""
 
   def __init__(self, total_steps: int, first_step: int):
     self.total = total_steps
     self._t = time.perf_counter()
     self._step = first_step
     self._tokens = 0.0
+    self._unit = "ex"
 
-  def add_tokens(self, n: float):
+  def add(self, n: float, unit: str):
+    """``n`` more tokens or examples (``unit``: "tok", "ex") went through."""
     self._tokens += n
+    self._unit = unit
 
   def line(self, step: int, metrics: dict[str, float]) -> str:
     now = time.perf_counter()
@@ -79,4 +82,4 @@ class Progress:
     self._t, self._step, self._tokens = now, step, 0.0
     eta_s = f"{int(eta // 60)}m{int(eta % 60):02d}s" if eta != float("inf") else "?"
     return (f"step {step}/{self.total} | loss {metrics['loss']:.4f} | "
-            f"{tok_s:,.0f} tok/s | {steps_per_s:.2f} step/s | ETA {eta_s}")
+            f"{tok_s:,.0f} {self._unit}/s | {steps_per_s:.2f} step/s | ETA {eta_s}")

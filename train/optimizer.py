@@ -38,8 +38,29 @@ def _registry_cfg(optim_cfg, name: str) -> dict:
   return cfg
 
 
+def _check_schedule(cfg: dict, total_steps: int, steps: int) -> None:
+  """Warmup must end before the run does; the error names the keys to change."""
+  if total_steps < 1:
+    raise ValueError(f"train.steps={total_steps} must be >= 1.")
+  warmup = int(cfg.get("warmup_steps", 0))
+  if warmup < 0:
+    raise ValueError(f"optim.warmup_steps={warmup} must be >= 0.")
+  if cfg.get("schedule", "cosine") != "constant" and warmup >= steps:
+    per = steps // total_steps  # SSO counts inner steps
+    hint = max(0, steps // 10)
+    raise ValueError(
+        f"optim.warmup_steps={warmup} must be smaller than the {steps} optimizer steps of this "
+        f"run (train.steps={total_steps}{f' x optim.sso.m={per}' if per > 1 else ''}); for "
+        f"a short run pass --config.optim.warmup_steps={hint} (10%), or "
+        "--config.optim.schedule=constant.")
+
+
 def make_optimizer(optim_cfg, total_steps: int):
-  """``(tx, schedule, sso_settings or None)``, validated before anything compiles."""
+  """``(tx, schedule, strategy name, strategy settings)``, validated before anything compiles.
+
+  The strategy is ``"sso"`` for ``optim.name="sso"`` and ``"gradient"`` otherwise
+  (:mod:`train.strategies`).
+  """
   name = optim_cfg.name
   if name not in registry.available():
     raise ValueError(f"unknown optimizer {name!r}; available: {', '.join(registry.available())}.")
@@ -57,6 +78,7 @@ def make_optimizer(optim_cfg, total_steps: int):
                        f"{[n for n in registry.available() if n != 'sso']}.")
     steps = total_steps * sso.m  # the inner optimizer's schedule counts inner steps
   cfg = _registry_cfg(optim_cfg, name)
+  _check_schedule(cfg, total_steps, steps)
   tx = registry.optimizer_from_config(cfg, total_steps=steps)
   schedule = registry.schedule_from_config(
       cfg.get("schedule", "cosine"), float(cfg["lr"]), int(cfg.get("warmup_steps", 0)), steps,
@@ -66,4 +88,4 @@ def make_optimizer(optim_cfg, total_steps: int):
     if float(clip) < 0:
       raise ValueError(f"optim.grad_clip={clip} must be >= 0 (0 disables clipping).")
     tx = optax.chain(optax.clip_by_global_norm(float(clip)), tx)
-  return tx, schedule, sso
+  return tx, schedule, ("sso" if sso is not None else "gradient"), sso

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from quant import packing
+from core import packing
 
 DIMS = ("oc", "ic")
 

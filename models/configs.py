@@ -1,0 +1,111 @@
+"""Model configs and size presets as plain dataclasses: no jax import, so a config file that
+uses them loads in milliseconds (``configs/*.py``, ``--config_help``).
+
+Every model module (``models/<name>.py``) has one config class here; :mod:`models.registry`
+maps ``config.model.name`` to the pair.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+class _Dict:
+  """``to_dict`` / ``from_dict`` with a clear error for unknown keys."""
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+      raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; valid: {sorted(names)}.")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(d).items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_Dict):
+  """The Llama-style decoder of :mod:`models.transformer`."""
+  vocab_size: int = 384
+  d_model: int = 128
+  n_layers: int = 4
+  n_heads: int = 4
+  n_kv_heads: int = 2
+  head_dim: int = 32
+  mlp_dim: int = 384
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  tie_embeddings: bool = True
+  dtype: str = "float32"  # compute dtype (activations, matmul inputs)
+  param_dtype: str = "float32"
+  remat: bool = False  # rematerialize each block in the backward pass
+
+  def __post_init__(self):
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                 "mlp_dim"):
+      if int(getattr(self, name)) < 1:
+        raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1.")
+    if self.n_heads % self.n_kv_heads:
+      raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads="
+                       f"{self.n_kv_heads} (grouped-query attention).")
+    if self.head_dim % 2:
+      raise ValueError(f"head_dim={self.head_dim} must be even for RoPE.")
+
+  def num_params(self) -> int:
+    attn = self.d_model * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
+    mlp = 3 * self.d_model * self.mlp_dim
+    per_layer = attn + mlp + 2 * self.d_model
+    embed = self.vocab_size * self.d_model * (1 if self.tie_embeddings else 2)
+    return self.n_layers * per_layer + embed + self.d_model
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs per token (6N for the weights + attention scores), as in PaLM/MaxText."""
+    n_matmul = self.num_params() - self.vocab_size * self.d_model * (
+        1 if self.tie_embeddings else 0) - self.d_model * (2 * self.n_layers + 1)
+    if self.tie_embeddings:
+      n_matmul += self.vocab_size * self.d_model  # the tied output projection is a matmul
+    attn = 6 * self.n_layers * self.n_heads * self.head_dim * seq_len  # QK^T and AV, causal avg x2
+    return 6.0 * n_matmul + attn
+
+
+# Sizes: tiny/small train on a CPU; 1b and 7b follow Llama-3.2-1B and Llama-2-7B shapes.
+TRANSFORMER_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(vocab_size=384, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32,
+                 mlp_dim=384),
+    "small": dict(vocab_size=384, d_model=256, n_layers=6, n_heads=8, n_kv_heads=4,
+                  head_dim=32, mlp_dim=768),
+    "1b": dict(vocab_size=128_256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8,
+               head_dim=64, mlp_dim=8192, rope_theta=500_000.0, dtype="bfloat16", remat=True),
+    "7b": dict(vocab_size=32_000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32,
+               head_dim=128, mlp_dim=11008, tie_embeddings=False, dtype="bfloat16", remat=True),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+  if name not in TRANSFORMER_PRESETS:
+    raise ValueError(f"unknown model size {name!r}; available: {sorted(TRANSFORMER_PRESETS)}.")
+  return ModelConfig(**{**TRANSFORMER_PRESETS[name], **overrides})
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvNetConfig(_Dict):
+  """The small image classifier of :mod:`models.convnet`: conv blocks, then an MLP head."""
+  image_size: int = 8
+  in_channels: int = 1
+  num_classes: int = 10
+  channels: tuple[int, ...] = (16, 32)  # one 3x3 conv (+ ReLU, 2x2 mean pool) per entry
+  hidden: int = 64
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.image_size < 1 or self.in_channels < 1 or self.num_classes < 2 or self.hidden < 1:
+      raise ValueError(f"ConvNetConfig needs image_size, in_channels, hidden >= 1 and "
+                       f"num_classes >= 2, got {self}.")
+    if any(int(c) < 1 for c in self.channels):
+      raise ValueError(f"ConvNetConfig.channels={self.channels} must be positive.")
+    if self.image_size % (2 ** len(self.channels)):
+      raise ValueError(f"image_size={self.image_size} must be divisible by 2**len(channels)="
+                       f"{2 ** len(self.channels)} (each conv block halves it).")
