@@ -19,6 +19,7 @@ benchmarks/gpu_check_lowbit.sh runs the H200 sequence.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -35,7 +36,7 @@ import numpy as np  # noqa: E402
 from benchmarks.common import median_time  # noqa: E402
 
 from kernels_pallas import lowbit_matmul as lm  # noqa: E402
-from quant import qtensor  # noqa: E402
+from core import qtensor  # noqa: E402
 
 LLAMA_SHAPES = [  # (K, N): Llama-7B and Llama-70B linear layers, plus the PERFORMANCE.md shape
     (4096, 4096), (4096, 11008), (11008, 4096),
@@ -157,7 +158,7 @@ def main(argv=None):
       device=device.device_kind, backend=backend, jax_version=jax.__version__,
       host=platform.node(), impl=impl, interpret=interpret, preset=preset,
       check_only=args.check_only, iters=iters,
-      block_sizes=dict(gpu=lm.GPU_BLOCKS, tpu=lm.TPU_BLOCKS))
+      block_sizes={f"{k[0]}/{k[1]}": dataclasses.asdict(v) for k, v in lm.BLOCK_SIZES.items()})
 
   def save(rows, done=False):
     failures = sum(not r["correct"] for r in rows)

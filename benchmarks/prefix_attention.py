@@ -19,6 +19,7 @@ achieved TB/s of the minimum bytes: prefix KV once + suffix KVs + q + out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import itertools
@@ -218,7 +219,7 @@ def main():
   results = dict(date=datetime.datetime.now().isoformat(timespec="seconds"),
                  device=str(jax.devices()[0].device_kind), backend=backend,
                  jax_version=jax.__version__, impl=impl, interpret=interpret,
-                 iters=args.iters, block_sizes={f"{k[0]}/{k[1]}": v for k, v in
+                 iters=args.iters, block_sizes={f"{k[0]}/{k[1]}": dataclasses.asdict(v) for k, v in
                                                 pa.BLOCK_SIZES.items()}, rows=[], sweep=[])
   out_dir = pathlib.Path(os.environ.get("OUT") or args.out) if args.gpu_check else \
       pathlib.Path(args.out)
@@ -231,10 +232,11 @@ def main():
   if args.gpu_check:
     device_correctness(impl, interpret)
     for bm, bk, warps in ((64, 64, 4), (64, 128, 4), (128, 64, 8), (32, 128, 4), (64, 32, 4)):
-      blocks = dict(block_m=bm, block_k=bk, num_warps=warps)
+      blocks = dataclasses.replace(pa.BLOCK_SIZES[(impl, "decode")], block_m=bm, block_k=bk,
+                                   num_warps=warps)
       row = run_config(*target, impl=impl, interpret=interpret, iters=args.iters, seed=1,
                        block_sizes=blocks, with_naive=False)
-      row["block_sizes"] = blocks
+      row["block_sizes"] = dataclasses.asdict(blocks)
       results["sweep"].append(row)
       save()
       print(f"sweep {blocks}: pallas {row['pallas_ms']:.3f} ms ({row['pallas_tbps']:.2f} TB/s),"

@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from train import sharding, train  # noqa: E402
+from core import sharding  # noqa: E402
+from train import loop  # noqa: E402
 
 # Peak dense bf16 FLOP/s per device (vendor datasheets).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "TPU v4": 275e12,
@@ -65,7 +66,7 @@ def main():
     config.data.seq_len = args.seq_len
   b, l = int(config.train.global_batch_size), int(config.data.seq_len)
   mesh = sharding.make_mesh(config.mesh)
-  parts = train.build(config, mesh)
+  parts = loop.build(config, mesh)
   state = parts["init"]()
   rng = np.random.default_rng(0)
   vocab = parts["model_cfg"].vocab_size

@@ -9,12 +9,7 @@ file's text when given, else the longest common token prefix of the prompts when
 least --min-shared-prefix tokens (see :mod:`infer.engine`). Prints every completion, then
 prefill and decode throughput.
 """
-import os
-import sys
-
 from absl import app, flags, logging
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 flags.DEFINE_string("checkpoint", None, "Export directory (has export.json).")
 flags.DEFINE_string("prompt-file", None, "Text file, one prompt per line.")

@@ -82,14 +82,14 @@ class GpuBlocks:
 
 @dataclasses.dataclass(frozen=True)
 class TpuBlocks:
-  """Mosaic tiles: ``block_m`` query rows (multiple of 8 sublanes) x ``block_k`` keys
-  (multiple of 128 lanes)."""
+  """Mosaic tiles: ``block_m`` query rows x ``block_k`` keys, each a multiple of the 8
+  sublanes of a tile (they are the second-minor dims of the q and K/V blocks)."""
   block_m: int
   block_k: int
 
   def __post_init__(self):
     common.require_multiple("TpuBlocks", "block_m", self.block_m, 8, "sublanes")
-    common.require_multiple("TpuBlocks", "block_k", self.block_k, 128, "lanes")
+    common.require_multiple("TpuBlocks", "block_k", self.block_k, 8, "sublanes")
 
 
 BLOCK_SIZES = {

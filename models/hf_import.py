@@ -1,6 +1,6 @@
 """Import Llama-family checkpoints in Hugging Face format (local files only) into our params.
 
-  python models/hf_import.py --hf /path/to/llama_dir --out workdirs/llama/export
+  python -m models.hf_import --hf /path/to/llama_dir --out workdirs/llama/export
 
 Reads ``config.json`` and ``model.safetensors`` (or the shards listed in
 ``model.safetensors.index.json``) and returns ``(ModelConfig, params)`` for
@@ -31,7 +31,13 @@ import os
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
+from safetensors import safe_open
+
+from core import checkpoint
+from models import registry
+from models import transformer as T
 
 ARCHITECTURES = ("LlamaForCausalLM",)
 MODEL_TYPES = ("llama",)
@@ -55,7 +61,6 @@ def read_config(path: str | os.PathLike) -> dict:
 
 def config_from_hf(hf: dict, *, param_dtype: str = "float32", dtype: str | None = None):
   """Our ``ModelConfig`` from a HF Llama ``config.json`` dict (raises on anything else)."""
-  from models import transformer as T  # pylint: disable=g-import-not-at-top
   archs = hf.get("architectures") or []
   if hf.get("model_type") not in MODEL_TYPES or (archs and not set(archs) & set(ARCHITECTURES)):
     raise ValueError(f"unsupported architecture {archs or hf.get('model_type')!r} "
@@ -105,7 +110,6 @@ def weight_files(path: str | os.PathLike) -> list[Path]:
 
 def read_tensors(files) -> dict[str, np.ndarray]:
   """All tensors of the files as float32 numpy arrays (bf16/f16 upcast exactly)."""
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   out = {}
   for f in files:
     with safe_open(str(f), framework="flax") as sf:  # flax: bf16 tensors load too
@@ -116,8 +120,6 @@ def read_tensors(files) -> dict[str, np.ndarray]:
 
 def params_from_hf(cfg, tensors: dict[str, np.ndarray], *, param_dtype: str = "float32"):
   """Our pure-dict params from HF Llama tensors (names as in the module docstring)."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from models import transformer as T  # pylint: disable=g-import-not-at-top
   _, abstract = T.abstract_params(cfg)
   used = set()
 
@@ -168,26 +170,30 @@ def load_hf_llama(path: str | os.PathLike, *, param_dtype: str = "float32",
 
 
 def main(argv=None) -> int:
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from train import checkpoint  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(description="Import a local HF Llama checkpoint as an export.")
   p.add_argument("--hf", required=True, help="HF model directory (config.json + safetensors)")
-  p.add_argument("--out", required=True, help="effijax export directory to write")
+  p.add_argument("--out", required=True,
+                 help="effijax export directory to write: new, empty, or (with --overwrite) "
+                 "an export to replace")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing dense export")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--tokenizer", default=None,
                  help="tokenizer spec; default hf:HF/tokenizer.json when it exists")
   args = p.parse_args(argv)
   try:
+    checkpoint.check_export_destination(args.out, kind="dense", overwrite=args.overwrite,
+                                        sources=[args.hf])
     cfg, params = load_hf_llama(args.hf)
+    tok = args.tokenizer
+    if tok is None and (Path(args.hf) / "tokenizer.json").exists():
+      tok = f"hf:{Path(args.hf).absolute() / 'tokenizer.json'}"
+    checkpoint.save_export(args.out, params, model=registry.to_dict(T, cfg), dtype=args.dtype,
+                           extra={"tokenizer": tok or "byte",
+                                  "source": str(Path(args.hf).absolute())},
+                           overwrite=args.overwrite, sources=[args.hf])
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  tok = args.tokenizer
-  if tok is None and (Path(args.hf) / "tokenizer.json").exists():
-    tok = f"hf:{Path(args.hf).absolute() / 'tokenizer.json'}"
-  checkpoint.export_params(args.out, params, model_config=cfg.to_dict(), dtype=args.dtype,
-                           extra={"tokenizer": tok or "byte",
-                                  "source": str(Path(args.hf).absolute())})
   print(f"wrote {args.out}: {cfg.num_params():,} params, {cfg.n_layers} layers")
   return 0
 

@@ -20,16 +20,16 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import numpy as np
 
+from core import checkpoint as ckpt_lib
+from core import sharding
+from models import registry
 from models import transformer as T
-from quant import adadim, calibration, ptq
+from quant import calibration, ptq
 from quant import main as qmain
-from train import checkpoint as ckpt_lib
+from train import loop
 
 HERE = Path(__file__).parent
 METHODS = [("RTN-OC", "rtn", "oc"), ("RTN-IC", "rtn", "ic"), ("AdaDim-RTN", "rtn", "ada"),
@@ -43,26 +43,22 @@ def export_from_workdir(workdir: Path) -> Path:
   if (workdir / "export" / "export.json").exists():
     return workdir / "export"
   cfg_json = json.loads((workdir / "config.json").read_text())
-  cfg = T.ModelConfig.from_dict(cfg_json["model"])
+  _, cfg = registry.from_dict(cfg_json["model"])
   ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", async_save=False)
   step = ckpt.latest_step()
   if step is None:
     raise ValueError(f"{workdir} has neither an export nor a checkpoint; train first.")
-  import optax  # the restore target needs the optimizer state's structure
-  from train import train as train_lib
-  from train import sharding
-  from ml_collections import ConfigDict
+  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
   config = ConfigDict(cfg_json)
-  parts = train_lib.build(config, sharding.make_mesh(config.mesh))
-  del optax
+  parts = loop.build(config, sharding.make_mesh(config.mesh))
   target = ckpt_lib.abstract_like(parts["abstract_state"], parts["state_shardings"])
   state, _ = ckpt.restore(step, target)
   ckpt.close()
   out = workdir / f"export_step{step}"
-  ckpt_lib.export_params(out, jax.device_get(state["params"]), model_config=cfg.to_dict(),
-                         dtype="float32",
-                         extra={"tokenizer": config.data.tokenizer, "trained_steps": step,
-                                "configured_steps": int(config.train.steps)})
+  ckpt_lib.save_export(out, jax.device_get(state["params"]), model=registry.to_dict(T, cfg),
+                       dtype="float32", overwrite=True,
+                       extra={"tokenizer": config.data.tokenizer, "trained_steps": step,
+                              "configured_steps": int(config.train.steps)})
   return out
 
 
@@ -70,16 +66,15 @@ def small_export(tmp: Path) -> Path:
   cfg = T.ModelConfig(vocab_size=384, d_model=64, n_layers=2, n_heads=2, n_kv_heads=1,
                       head_dim=32, mlp_dim=128)
   _, params = T.init(cfg, seed=0)
-  return ckpt_lib.export_params(tmp / "export", params, model_config=cfg.to_dict(),
-                                dtype="float32", extra={"tokenizer": "byte",
-                                                        "trained_steps": 0})
+  return ckpt_lib.save_export(tmp / "export", params, model=registry.to_dict(T, cfg),
+                              dtype="float32", extra={"tokenizer": "byte", "trained_steps": 0})
 
 
-def largest_group(cfg, bits: int, want: int) -> int:
+def largest_group(graphdef, params, bits: int, want: int) -> int:
   for g in (want, 128, 64, 32, 16):
     if g <= want:
       try:
-        adadim.check_layouts(cfg, adadim.QuantSpec(bits=bits, group_size=g, dim="ada"))
+        ptq.check_layouts(graphdef, params, ptq.QuantSpec(bits=bits, group_size=g, dim="ada"))
         return g
       except ValueError:
         continue
@@ -107,12 +102,13 @@ def run(args) -> dict:
   print(f"FP: ppl {fp['perplexity']:.4f}  ({time.time() - t0:.0f} s)", flush=True)
   results, choices, stats = [], {}, None
   for bits in args.bits:
-    group = largest_group(cfg, bits, args.group)
+    group = largest_group(graphdef, params, bits, args.group)
     for label, method, dim in METHODS:
       t = time.time()
-      spec = adadim.QuantSpec(method=method, bits=bits, group_size=group, dim=dim)
+      spec = ptq.QuantSpec(method=method, bits=bits, group_size=group, dim=dim)
       want_stats = stats is None and method == "rtn" and spec.calib_mode == "fp"
-      qparams, _, records = ptq.quantize_model(cfg, params, calib, spec, chunk=args.chunk,
+      qparams, _, records = ptq.quantize_model(graphdef, params, calib, spec,
+                                               forward=T.forward, chunk=args.chunk,
                                                progress=False, collect_stats=want_stats)
       if want_stats:  # FP inputs of every linear (calib_mode "fp")
         stats = {(r.layer, r.name): r.input_absmax for r in records}

@@ -24,7 +24,7 @@ import time
 import jax
 
 from configs import lm_lamb_largebatch
-from train import train
+from train import loop
 
 HERE = pathlib.Path(__file__).resolve().parent
 BATCHES = (16, 64, 256, 1024, 2048)
@@ -43,7 +43,7 @@ def run_one(batch: int, optimizer: str, budget: int, base_lr: float) -> dict:
   c.train.async_checkpoint = False
   with tempfile.TemporaryDirectory() as workdir:
     t0 = time.time()
-    out = train.train_and_evaluate(c, workdir)
+    out = loop.train_and_evaluate(c, workdir)
   return {"batch": batch, "optimizer": optimizer, "steps": int(c.train.steps),
           "microbatches": int(c.train.microbatches), "lr": float(c.optim.lr),
           "tokens": int(c.train.steps) * batch * int(c.data.seq_len),

@@ -22,7 +22,7 @@ import jax
 
 from configs import lm_tiny
 from train import metrics as metrics_lib
-from train import train
+from train import loop
 
 HERE = pathlib.Path(__file__).resolve().parent
 STEPS = 150
@@ -46,7 +46,7 @@ def run(name: str, m: int | None) -> dict:
     c.optim.sso.m = m
   with tempfile.TemporaryDirectory() as workdir:
     t0 = time.time()
-    out = train.train_and_evaluate(c, workdir)
+    out = loop.train_and_evaluate(c, workdir)
     rows = metrics_lib.read_metrics(workdir)
   evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
   return {"evals": evals, "final": out["eval_loss"], "seconds": time.time() - t0,

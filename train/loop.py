@@ -66,6 +66,7 @@ def check_workdir(config, workdir: Path, *, overwrite: bool) -> None:
 
 def prepare_workdir(config, workdir: Path, *, overwrite: bool) -> None:
   """Creates the workdir and writes config.json; with ``overwrite`` deletes an older run."""
+  check_workdir(config, workdir, overwrite=overwrite)
   cfg_file = workdir / "config.json"
   new = json.loads(config.to_json_best_effort())
   if cfg_file.exists() and overwrite and \

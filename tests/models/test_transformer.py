@@ -4,6 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from core import qtensor
+from models import attention, layers, registry
 from models import transformer as T
 
 
@@ -60,7 +62,7 @@ def test_gqa_attention_equals_per_head_softmax():
   k = jax.random.normal(key[1], (2, 7, 2, 8))
   v = jax.random.normal(key[2], (2, 7, 2, 8))
   mask = jax.random.bernoulli(jax.random.key(6), 0.7, (2, 5, 7)).at[:, :, 0].set(True)
-  out = T.attend(q, k, v, mask)
+  out, lse = attention.dot_product_attention(q, k, v, mask, return_lse=True)
   qn, kn, vn, mn = map(np.asarray, (q, k, v, mask))
   for h in range(4):
     kv = h // 2  # query heads are grouped consecutively per kv head
@@ -70,6 +72,16 @@ def test_gqa_attention_equals_per_head_softmax():
     p /= p.sum(-1, keepdims=True)
     np.testing.assert_allclose(out[:, :, h], np.einsum("bts,bsd->btd", p, vn[:, :, kv]),
                                atol=1e-5)
+    m = s.max(-1)
+    np.testing.assert_allclose(lse[:, :, h], m + np.log(np.exp(s - m[..., None]).sum(-1)),
+                               rtol=1e-5)
+  # jax's own attention (the peer) agrees.
+  peer = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="xla")
+  np.testing.assert_allclose(out, peer, atol=1e-5)
+  # A row with no visible key gives 0 and lse = -inf.
+  out0, lse0 = attention.dot_product_attention(q, k, v, mask.at[1, 2].set(False),
+                                               return_lse=True)
+  assert np.all(out0[1, 2] == 0) and np.all(np.isneginf(lse0[1, 2]))
 
 
 def test_loss_ignores_padding_and_segment_boundaries():
@@ -88,13 +100,16 @@ def test_bad_model_config():
     T.ModelConfig(n_heads=6, n_kv_heads=4)
   with pytest.raises(ValueError, match="unknown model size"):
     T.preset("huge")
-  with pytest.raises(ValueError, match="unknown model config keys"):
+  with pytest.raises(ValueError, match=r"unknown ModelConfig keys \['d_modle'\]"):
     T.ModelConfig.from_dict({"d_modle": 3})
+  with pytest.raises(ValueError, match="model.n_layers=0 must be >= 1"):
+    T.ModelConfig(n_layers=0)
+  with pytest.raises(ValueError, match="unknown model 'bert'; available: convnet, transformer"):
+    registry.from_dict({"name": "bert"})
 
 
 def test_quantized_kernels_run_through_the_model(tiny):
   """A QuantizedWeight in place of a kernel goes through lowbit_matmul == dequantized dense."""
-  from quant import qtensor  # pylint: disable=g-import-not-at-top
   cfg, graphdef, params = tiny
   k, n = params["layers"][0]["mlp"]["up_proj"]["kernel"].shape
   q = jax.random.randint(jax.random.key(8), (k, n), 0, 16)
@@ -111,22 +126,17 @@ def test_quantized_kernels_run_through_the_model(tiny):
   assert not np.allclose(fwd(quantized), fwd(params), atol=1e-3)  # it really is used
 
 
-def test_block_by_block_api_equals_full_forward(tiny):
-  cfg, graphdef, params = tiny
-  tokens = jax.random.randint(jax.random.key(8), (2, 10), 0, cfg.vocab_size)
-  seg = jnp.array([[1] * 6 + [2] * 4, [1] * 10])
-  pos = jnp.array([list(range(6)) + list(range(4)), list(range(10))])
-  full = T.apply(graphdef, params, tokens, pos, seg)
-  x = T.embed_tokens(cfg, params, tokens)
-  for i in range(cfg.n_layers):
-    x = T.apply_block(cfg, params["layers"][i], x, pos, seg)
-  np.testing.assert_allclose(T.final_logits(cfg, params, x), full, atol=1e-5)
-  # The block's parts: o_proj(mix(norm x)) is the attention sub-block, down(hidden) the MLP.
-  blk = T.block_module(cfg, params["layers"][0])
-  x0 = T.embed_tokens(cfg, params, tokens)
-  attn, _ = blk.attn(blk.attn_norm(x0), pos, seg)
-  np.testing.assert_allclose(attn, blk.attn.o_proj(blk.attn.mix(blk.attn_norm(x0), pos, seg)[0]),
-                             atol=0)
-  h = x0 + attn
-  np.testing.assert_allclose(x0 + attn + blk.mlp.down_proj(blk.mlp.hidden(blk.mlp_norm(h))),
-                             T.apply_block(cfg, params["layers"][0], x0, pos, seg), atol=1e-6)
+def test_weight_types_dispatch_through_the_registry():
+  """Linear sends a registered weight type to its own matmul (how FP8 weights will join)."""
+
+  @jax.tree_util.register_static
+  class Doubled:  # a toy weight type: w stored halved
+    def __init__(self, half):
+      self.half = half
+
+  layers.register_weight_type(Doubled, lambda x, w: x @ (2.0 * w.half))
+  x = jnp.arange(6.0).reshape(2, 3)
+  w = jnp.arange(12.0).reshape(3, 4)
+  np.testing.assert_allclose(layers.dot(x, Doubled(w / 2)), x @ w)
+  with pytest.raises(ValueError, match="already has a matmul"):
+    layers.register_weight_type(Doubled, lambda x, w: x)

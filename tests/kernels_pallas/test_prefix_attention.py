@@ -4,23 +4,51 @@ Pallas kernels run in interpret mode on CPU; lowering for "cuda" and "tpu" is ch
 jax.export. Every input is fresh random data.
 """
 import functools
+import itertools
+import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kernels_pallas import common
 from kernels_pallas import prefix_attention as pa
+from models import attention
 
 KERNELS = ("pallas_gpu", "pallas_tpu")
 # Small blocks so that tiny test shapes still walk several KV blocks, KV splits and row tiles.
 SMALL_BLOCKS = {
     "reference": None,
-    "pallas_gpu": dict(block_m=16, block_k=16, min_programs=64),
-    "pallas_tpu": dict(block_m=8, block_k=16),
+    "pallas_gpu": pa.GpuBlocks(block_m=16, block_k=16, num_warps=4, num_stages=2,
+                               min_programs=64),
+    "pallas_tpu": pa.TpuBlocks(block_m=8, block_k=16),
 }
 TOL = {jnp.float32: dict(atol=2e-5, rtol=2e-5), jnp.bfloat16: dict(atol=2e-2, rtol=2e-2)}
-_seed = iter(range(10_000))
+_seed = iter(())
+
+
+@pytest.fixture(autouse=True)
+def _seed_per_test(request):
+  """Random inputs depend on the test's name only, never on which tests ran before."""
+  global _seed
+  _seed = itertools.count(zlib.crc32(request.node.name.encode()) % 100_000 * 100)
+
+
+def oracle(q, k_full, v_full, lengths, *, q_positions=None):
+  """Plain softmax attention of each sequence over its own full KV (models.attention, the
+  one dense jnp attention): ``(out f32, lse f32)``. Query s sits at ``q_positions[b, s]``
+  (default ``lengths - Sq + s``) and sees keys ``<=`` it and ``< lengths``."""
+  b, sq = q.shape[:2]
+  lengths = jnp.asarray(lengths, jnp.int32)
+  if q_positions is None:
+    q_positions = lengths[:, None] - sq + jnp.arange(sq, dtype=jnp.int32)
+  key = jnp.arange(k_full.shape[1])
+  mask = (key[None, None, :] < lengths[:, None, None]) & (
+      key[None, None, :] <= jnp.asarray(q_positions)[:, :, None])
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  return attention.dot_product_attention(f32(q), f32(k_full), f32(v_full), mask,
+                                         return_lse=True)
 
 
 def _rand(shape, dtype=jnp.float32):
@@ -49,11 +77,11 @@ def _numpy_attention(q, k, v, visible):
 # Oracle and merge against closed forms.
 
 
-def test_reference_attention_matches_closed_form_with_gqa_and_causal_positions():
+def test_oracle_matches_closed_form_with_gqa_and_causal_positions():
   b, sq, hkv, g, d, t = 2, 3, 2, 2, 16, 9
   q, k, v = _rand((b, sq, hkv * g, d)), _rand((b, t, hkv, d)), _rand((b, t, hkv, d))
   lengths = np.array([9, 4])
-  out, lse = pa.reference_attention(q, k, v, jnp.asarray(lengths))
+  out, lse = oracle(q, k, v, jnp.asarray(lengths))
   q, k, v = map(np.asarray, (q, k, v))
   for bi in range(b):
     for hq in range(hkv * g):
@@ -111,7 +139,7 @@ def test_prefix_attention_matches_oracle(impl, g):
   k_full = jnp.broadcast_to(pk, (b, p, hkv, d))
   v_full = jnp.broadcast_to(pv, (b, p, hkv, d))
   no_causal = jnp.full((b, sq), p, jnp.int32)  # queries come after the whole prefix
-  ref_out, ref_lse = pa.reference_attention(q, k_full, v_full, jnp.full((b,), valid),
+  ref_out, ref_lse = oracle(q, k_full, v_full, jnp.full((b,), valid),
                                             q_positions=no_causal)
   _close(out, ref_out, jnp.float32)
   _close(lse, ref_lse, jnp.float32)
@@ -126,7 +154,7 @@ def test_suffix_attention_matches_oracle_with_empty_and_ragged_lengths(impl, sq)
   lengths = jnp.array([37, 0, 2, 20])  # full, empty, shorter than Sq, partial
   out, lse = pa.suffix_attention(q, k, v, lengths, impl=impl, interpret=True,
                                  block_sizes=SMALL_BLOCKS[impl])
-  ref_out, ref_lse = pa.reference_attention(q, k, v, lengths)
+  ref_out, ref_lse = oracle(q, k, v, lengths)
   _close(out, ref_out, jnp.float32)
   np.testing.assert_array_equal(np.isinf(lse), np.isinf(ref_lse))
   assert np.all(np.asarray(lse[1]) == -np.inf) and np.all(np.asarray(out[1]) == 0)
@@ -140,12 +168,12 @@ def test_suffix_attention_explicit_positions_and_non_causal():
   lengths, positions = jnp.array([10, 6]), jnp.array([[3, 7], [0, 5]])
   out, lse = pa.suffix_attention(q, k, v, lengths, q_positions=positions, impl="pallas_gpu",
                                  interpret=True)
-  ref_out, ref_lse = pa.reference_attention(q, k, v, lengths, q_positions=positions)
+  ref_out, ref_lse = oracle(q, k, v, lengths, q_positions=positions)
   _close(out, ref_out, jnp.float32)
   _close(lse, ref_lse, jnp.float32)
   out, lse = pa.suffix_attention(q, k, v, lengths, causal=False, impl="pallas_gpu",
                                  interpret=True)
-  ref_out, ref_lse = pa.reference_attention(q, k, v, lengths,
+  ref_out, ref_lse = oracle(q, k, v, lengths,
                                             q_positions=jnp.full((b, sq), s))
   _close(out, ref_out, jnp.float32)
   _close(lse, ref_lse, jnp.float32)
@@ -183,10 +211,10 @@ def _random_tree(b, sq, hkv, g, d, level_specs, suffix_max, dtype):
   prefix_total = lengths - s_len
   positions = prefix_total[:, None] + s_len[:, None] - sq + np.arange(sq)
   positions = np.maximum(positions, prefix_total[:, None] - 1)
-  oracle = pa.reference_attention(q, jnp.asarray(np.stack([pad(x) for x in full_k])),
-                                  jnp.asarray(np.stack([pad(x) for x in full_v])),
-                                  jnp.asarray(lengths), q_positions=jnp.asarray(positions))
-  return q, levels, sk, sv, jnp.asarray(s_len, jnp.int32), oracle
+  want = oracle(q, jnp.asarray(np.stack([pad(x) for x in full_k])),
+                jnp.asarray(np.stack([pad(x) for x in full_v])), jnp.asarray(lengths),
+                q_positions=jnp.asarray(positions))
+  return q, levels, sk, sv, jnp.asarray(s_len, jnp.int32), want
 
 
 @pytest.mark.parametrize("impl, dtype", _matrix(
@@ -220,14 +248,31 @@ def test_tree_with_prefill_queries_and_mha():
 
 
 def test_auto_dispatch_is_reference_on_cpu_and_kernels_by_backend(monkeypatch):
-  assert pa._resolve_impl("auto", 128, 8) == "reference"
+  """One policy (kernels_pallas.common): auto -> the backend's kernel when it can tile the
+  shapes, else the reference (with a warning); an explicit impl that cannot -> an error."""
+  q, k = _rand((2, 1, 4, 96)), _rand((8, 2, 96))
+  resolve = lambda impl, d: common.resolve_impl(
+      impl, kernel="prefix_attention", why_not=lambda i: pa._why_not(i, d, 2, None))
+  assert resolve("auto", 128) == "reference"
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert pa._resolve_impl("auto", 128, 8) == "pallas_gpu"
-  assert pa._resolve_impl("auto", 96, 8) == "reference"  # Triton needs a power of two
+  assert resolve("auto", 128) == "pallas_gpu"
+  assert resolve("auto", 96) == "reference"  # Triton needs a power of two
   monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
-  assert pa._resolve_impl("auto", 128, 8) == "pallas_tpu"
-  with pytest.raises(ValueError, match="impl="):
-    pa._resolve_impl("cuda", 128, 8)
+  assert resolve("auto", 128) == "pallas_tpu"
+  assert resolve("auto", 64) == "reference"  # Mosaic tiles 128 lanes
+  with pytest.raises(ValueError, match="impl='cuda' is not one of"):
+    resolve("cuda", 128)
+  with pytest.raises(ValueError, match="impl='pallas_gpu' cannot run these shapes: .*"
+                     "power-of-two head_dim"):
+    pa.prefix_attention(q, k, k, impl="pallas_gpu", interpret=True)
+  with pytest.raises(ValueError, match="block_sizes must be a GpuBlocks"):
+    pa.prefix_attention(q[..., :64], k[..., :64], k[..., :64], impl="pallas_gpu",
+                        interpret=True, block_sizes=dict(block_m=16))
+  with pytest.raises(ValueError, match=r"GpuBlocks.block_k=24 must be a power of two"):
+    pa.GpuBlocks(block_m=16, block_k=24, num_warps=4, num_stages=2, min_programs=1)
+  with pytest.raises(ValueError, match=r"TpuBlocks.block_k=100 must be a positive multiple of "
+                     r"8"):
+    pa.TpuBlocks(block_m=8, block_k=100)
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -1,11 +1,22 @@
 """infer/main.py end to end on a tiny export; shared-prefix detection; loading errors."""
+import jax
 import pytest
 from absl import flags
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from core import checkpoint, qtensor
 from infer import decode as D
 from infer import engine
+from models import registry
 from models import transformer as T
-from train import checkpoint
+from quant import main as qmain
+from quant import ptq
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # The model and request sizes of tests/test_decode.py (prompt <= 32 tokens, own part <= 16,
 # 3 prompts x 2 samples, <= 16 new tokens): in one pytest run the compiled prefill/decode
@@ -20,8 +31,8 @@ PROMPTS = ["Say hi.", "Count to 3.", "Name a color."]
 def export(tmp_path_factory):
   _, params = T.init(CFG, seed=1)
   path = tmp_path_factory.mktemp("infer") / "export"
-  checkpoint.export_params(path, params, model_config=CFG.to_dict(), dtype="float32",
-                           extra={"tokenizer": "byte"})
+  checkpoint.save_export(path, params, model=registry.to_dict(T, CFG), dtype="float32",
+                         extra={"tokenizer": "byte"})
   return path
 
 
@@ -95,7 +106,51 @@ def test_load_errors_are_clear(export, tmp_path):
     engine.read_prompts(empty)
   small = T.ModelConfig(**{**CFG.to_dict(), "vocab_size": 128, "n_layers": 1})
   _, params = T.init(small)
-  checkpoint.export_params(tmp_path / "small", params, model_config=small.to_dict(),
-                           dtype="float32", extra={"tokenizer": "byte"})
+  checkpoint.save_export(tmp_path / "small", params, model=registry.to_dict(T, small),
+                         dtype="float32", extra={"tokenizer": "byte"})
   with pytest.raises(ValueError, match="tokenizer 'byte' has 259 tokens"):
     engine.load(tmp_path / "small")
+
+
+def test_quantized_export_serves_through_the_low_bit_kernel(export, tmp_path, capsys):
+  """quant/main.py's output loads in infer/: its greedy completions are those of the
+  dequantized dense params (the kernel path computes the same model)."""
+  out = tmp_path / "q4"
+  assert qmain.main(["--checkpoint", str(export), "--method", "rtn", "--dim", "oc", "--bits",
+                     "4", "--group", "32", "--calib-samples", "4", "--calib-seq-len", "32",
+                     "--no-progress", "--out", str(out)]) == 0
+  capsys.readouterr()
+  dec, tok, meta = engine.load(out)
+  assert meta["quantization"]["bits"] == 4
+  assert any(isinstance(v, qtensor.QuantizedWeight) for v in jax.tree.leaves(
+      dec.params, is_leaf=lambda v: isinstance(v, qtensor.QuantizedWeight)))
+  prompt_file = tmp_path / "prompts.txt"
+  prompt_file.write_text("\n".join(PROMPTS) + "\n")
+  texts = _completions(_run_main(["--checkpoint", str(out), "--prompt-file", str(prompt_file),
+                                  "--max-new-tokens", "8"], capsys))
+  dense = D.Decoder(CFG, dec.graphdef, ptq.dequantized(dec.params), max_len=4096,
+                    pad_id=tok.pad_id, vocab_limit=tok.vocab_size)
+  gen = dense.generate([[tok.bos_id] + tok.encode(p) for p in PROMPTS],
+                       D.SamplingParams(max_new_tokens=8, stop_tokens=(tok.eos_id,)))
+  for i, prompt in enumerate(PROMPTS):
+    assert texts[f"prompt {i} sample 0"].rstrip("\n") == prompt + tok.decode(gen.tokens[i][0])
+
+
+@pytest.mark.slow
+def test_quantize_then_infer_from_the_command_line(export, tmp_path):
+  """The two CLIs as a user types them (scripts, no sys.path tricks)."""
+  out = tmp_path / "q3"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env.pop("XLA_FLAGS", None)
+  q = subprocess.run([sys.executable, str(ROOT / "quant" / "main.py"), "--checkpoint",
+                      str(export), "--method", "gptq", "--dim", "ada", "--bits", "3", "--group",
+                      "16", "--calib-samples", "4", "--calib-seq-len", "32", "--no-progress",
+                      "--out", str(out)], capture_output=True, text=True, env=env, cwd=tmp_path)
+  assert q.returncode == 0, q.stderr[-2000:]
+  prompt_file = tmp_path / "prompts.txt"
+  prompt_file.write_text("def f(x):\n")
+  r = subprocess.run([sys.executable, str(ROOT / "infer" / "main.py"), "--checkpoint", str(out),
+                      "--prompt-file", str(prompt_file), "--max-new-tokens", "4"],
+                     capture_output=True, text=True, env=env, cwd=tmp_path)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "=== prompt 0 sample 0" in r.stdout and "decode: " in r.stdout

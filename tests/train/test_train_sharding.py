@@ -6,7 +6,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import lm_tiny
-from train import sharding, train
+from core import sharding
+from train import loop
 
 
 def _config(microbatches=1):
@@ -34,7 +35,7 @@ def _batches(n, b=8, l=32, vocab=259):
 
 
 def _run(config, mesh, batches):
-  parts = train.build(config, mesh)
+  parts = loop.build(config, mesh)
   state = parts["init"]()
   losses = []
   for i, batch in enumerate(batches):

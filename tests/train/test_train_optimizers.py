@@ -5,7 +5,8 @@ import pytest
 
 from configs import lm_tiny
 from train import optimizer as optimizer_lib
-from train import sharding, train
+from core import sharding
+from train import loop
 
 
 def _config(name):
@@ -29,7 +30,7 @@ def _batch(seed):
 @pytest.mark.parametrize("name", ["lamb", "sso"])
 def test_optimizer_by_name_trains_the_model(name):
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  parts = train.build(_config(name), mesh)
+  parts = loop.build(_config(name), mesh)
   state = parts["init"]()
   batch = sharding.to_global_batch(_batch(0), mesh)
   losses = []

@@ -2,7 +2,8 @@
 import pytest
 
 from configs import lm_1b
-from train import sharding, train
+from core import sharding
+from train import loop
 
 
 @pytest.mark.slow
@@ -12,7 +13,7 @@ def test_lm_1b_train_step_compiles_with_fsdp_over_8_devices():
   c.data.seq_len = 512
   mesh = sharding.make_mesh(c.mesh)
   assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}
-  out = train.compile_only(c, mesh)
+  out = loop.compile_only(c, mesh)
   print(out)
   assert out["num_params"] > 1.2e9
   # Params (f32) + Adam moments sharded 8 ways: ~3 x 4.9 GB / 8 per device, not 15 GB.

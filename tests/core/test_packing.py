@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quant import packing, qtensor
+from core import packing, qtensor
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import gptq_reference as ref
+from tests.quant import gptq_reference as ref
 import quant
-from quant import packing
+from core import packing
 
 gptq_module = importlib.import_module("quant.gptq")  # `quant.gptq` is the function
 

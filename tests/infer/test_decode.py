@@ -14,8 +14,8 @@ import pytest
 from infer import decode as D
 from infer import sampling as S
 from models import transformer as T
-from quant import qtensor
-from train import sharding
+from core import qtensor
+from core import sharding
 
 CFG = T.preset("tiny", n_layers=2, vocab_size=384, d_model=32, n_heads=4, n_kv_heads=2,
                head_dim=8, mlp_dim=64)
@@ -208,7 +208,7 @@ def test_hydragen_decode_lowers_for_cuda_with_pallas_kernels(monkeypatch):
   """The model's Hydragen path picks the Pallas GPU kernels on a GPU; check, without one,
   that the decode loop with them lowers for CUDA (bf16, GQA, one prefix level)."""
   from kernels_pallas import prefix_attention as pa
-  monkeypatch.setattr(pa, "_resolve_impl", lambda impl, head_dim, hkv: "pallas_gpu")
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # impl="auto" picks pallas_gpu
   cfg = T.preset("tiny", n_layers=1, vocab_size=128, d_model=64, head_dim=16, mlp_dim=64,
                  dtype="bfloat16")
   graphdef, params = T.abstract_params(cfg)

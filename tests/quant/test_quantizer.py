@@ -3,9 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import gptq_reference as ref
+from tests.quant import gptq_reference as ref
 import quant
-from quant import qtensor
+from core import qtensor
 
 
 def _weights(shape, seed=0, dtype=jnp.float32):

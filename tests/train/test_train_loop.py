@@ -15,11 +15,12 @@ import pytest
 
 from configs import lm_tiny
 from data import stdlib_corpus
-from train import checkpoint as ckpt_lib
+from core import checkpoint as ckpt_lib
 from train import metrics as metrics_lib
-from train import sharding, train
+from core import sharding
+from train import loop
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAX_FILES = 40
 
 
@@ -70,7 +71,7 @@ def _losses(workdir):
 def test_trains_evaluates_and_exports(data_dir, tmp_path):
   config = small_config(data_dir, steps=8, eval_every=8)
   config.optim.lr = 1e-2
-  out = train.train_and_evaluate(config, tmp_path)
+  out = loop.train_and_evaluate(config, tmp_path)
   losses = _losses(tmp_path)
   assert sorted(losses) == list(range(1, 9))
   assert losses[8] < losses[1]
@@ -82,7 +83,8 @@ def test_trains_evaluates_and_exports(data_dir, tmp_path):
   assert params["embed"]["embedding"].shape == (384, 128)
   # With the model's abstract params: shapes checked, int layer keys as nnx.merge needs.
   from models import transformer  # pylint: disable=g-import-not-at-top
-  cfg = train.model_config(config)
+  cfg = transformer.ModelConfig.from_dict(
+      {k: v for k, v in config.model.to_dict().items() if k != "name"})
   _, typed = ckpt_lib.load_export(tmp_path / "export", transformer.abstract_params(cfg)[1])
   np.testing.assert_array_equal(typed["layers"][0]["attn"]["q_proj"]["kernel"],
                                 params["layers"]["0"]["attn"]["q_proj"]["kernel"])
@@ -120,7 +122,7 @@ def test_resume_after_sigkill_is_exact(data_dir, tmp_path):
 def test_checkpoint_restores_onto_other_device_counts(data_dir, tmp_path):
   config = small_config(data_dir)
   mesh8 = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  parts8 = train.build(config, mesh8)
+  parts8 = loop.build(config, mesh8)
   state = parts8["init"]()
   batch = {k: np.ones((8, 32), np.int32) for k in ("tokens", "segment_ids", "positions")}
   state, _ = parts8["train_step"](state, sharding.to_global_batch(batch, mesh8),
@@ -132,7 +134,7 @@ def test_checkpoint_restores_onto_other_device_counts(data_dir, tmp_path):
   for n, axes in ((1, {"data": 1, "fsdp": 1, "tensor": 1}),
                   (4, {"data": 1, "fsdp": 4, "tensor": 1})):
     mesh = sharding.make_mesh(axes, jax.devices()[:n])
-    parts = train.build(config, mesh)
+    parts = loop.build(config, mesh)
     target = ckpt_lib.abstract_like(parts["abstract_state"], parts["state_shardings"])
     restored, data_state = ckpt.restore(1, target)
     assert data_state == {"it": 1}
@@ -144,7 +146,7 @@ def test_checkpoint_restores_onto_other_device_counts(data_dir, tmp_path):
 
 def test_corrupt_checkpoint_is_named_and_older_ones_survive(data_dir, tmp_path):
   config = small_config(data_dir, steps=6, checkpoint_every=3, async_checkpoint=False)
-  train.train_and_evaluate(config, tmp_path)
+  loop.train_and_evaluate(config, tmp_path)
   ckpt_dir = tmp_path / "checkpoints"
   assert sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) == [3, 6]
   for f in (ckpt_dir / "6" / "state").rglob("*"):
@@ -153,10 +155,10 @@ def test_corrupt_checkpoint_is_named_and_older_ones_survive(data_dir, tmp_path):
   before = sorted(str(p.relative_to(ckpt_dir)) for p in ckpt_dir.rglob("*"))
   config.train.steps = 9
   with pytest.raises(ckpt_lib.CheckpointError, match=r"checkpoints/6 could not be restored"):
-    train.train_and_evaluate(config, tmp_path)
+    loop.train_and_evaluate(config, tmp_path)
   assert sorted(str(p.relative_to(ckpt_dir)) for p in ckpt_dir.rglob("*")) == before
   config.train.restore_step = 3  # the older checkpoint is intact and resumes
-  out = train.train_and_evaluate(config, tmp_path)
+  out = loop.train_and_evaluate(config, tmp_path)
   assert out["step"] == 9
   # The corrupt one was moved aside, not deleted.
   assert len(list((tmp_path / "checkpoints_superseded").glob("6-*/state"))) == 1
@@ -164,16 +166,16 @@ def test_corrupt_checkpoint_is_named_and_older_ones_survive(data_dir, tmp_path):
 
 def test_incompatible_workdir_is_refused_unless_overwrite(data_dir, tmp_path):
   config = small_config(data_dir)
-  train.prepare_workdir(config, tmp_path, overwrite=False)
+  loop.prepare_workdir(config, tmp_path, overwrite=False)
   (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
   other = small_config(data_dir)
   other.model.d_model = 64
   other.model.mlp_dim = 128
-  with pytest.raises(train.IncompatibleWorkdirError, match=r"\['model'\].*--overwrite"):
-    train.prepare_workdir(other, tmp_path, overwrite=False)
+  with pytest.raises(loop.IncompatibleWorkdirError, match=r"\['model'\].*--overwrite"):
+    loop.prepare_workdir(other, tmp_path, overwrite=False)
   longer = small_config(data_dir, steps=100)  # only the length changed: still resumable
-  train.prepare_workdir(longer, tmp_path, overwrite=False)
-  train.prepare_workdir(other, tmp_path, overwrite=True)
+  loop.prepare_workdir(longer, tmp_path, overwrite=False)
+  loop.prepare_workdir(other, tmp_path, overwrite=True)
   assert not (tmp_path / "metrics.jsonl").exists()
 
 
@@ -184,7 +186,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
   config.optim.warmup_steps = 3
   config.optim.schedule = "constant"
   with pytest.raises(FloatingPointError, match=r"last good checkpoint is step 1"):
-    train.train_and_evaluate(config, tmp_path)
+    loop.train_and_evaluate(config, tmp_path)
   ckpt = ckpt_lib.Checkpointer(tmp_path / "checkpoints")
   assert ckpt.all_steps() == [1]
   ckpt.close()
@@ -194,7 +196,7 @@ def test_unprepared_tfds_dataset_is_a_clear_error(data_dir, tmp_path):
   config = small_config(data_dir)
   config.data.name = "lm1b"
   with pytest.raises(ValueError, match="lm1b"):
-    train.train_and_evaluate(config, tmp_path)
+    loop.train_and_evaluate(config, tmp_path)
 
 
 def test_unknown_config_key_suggests_the_closest(tmp_path):

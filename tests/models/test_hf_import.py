@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from models import hf_import
+from models import hf_import, registry
 from models import transformer as T
-from train import checkpoint
+from core import checkpoint
 
 HF_CONFIG = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=96,
                  hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -58,7 +58,7 @@ def test_round_trip_through_handwritten_safetensors(tmp_path, tied):
   # The CLI writes an effijax export of the same params.
   assert hf_import.main(["--hf", str(tmp_path), "--out", str(tmp_path / "export")]) == 0
   meta, exported = checkpoint.load_export(tmp_path / "export", T.abstract_params(cfg)[1])
-  assert T.ModelConfig.from_dict(meta["model"]) == cfg and meta["tokenizer"] == "byte"
+  assert registry.from_dict(meta["model"]) == (T, cfg) and meta["tokenizer"] == "byte"
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(exported)):
     np.testing.assert_array_equal(a, b)
 
