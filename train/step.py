@@ -51,8 +51,8 @@ def make_train_step(task, graphdef, tx: optax.GradientTransformation, *, microba
     grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
-    metrics = {"loss": total / denom, "examples": count, "grad_norm": optax.global_norm(grads),
-               "param_norm": optax.global_norm(new_params)}
+    metrics = {"loss": total / denom, "examples": count, "grad_norm": optax.tree.norm(grads),
+               "param_norm": optax.tree.norm(new_params)}
     if schedule is not None:
       metrics["lr"] = schedule(state["step"])
     return {**state, "step": state["step"] + 1, "params": new_params,

@@ -61,7 +61,7 @@ def _sso_step(task, graphdef, tx, schedule, settings, microbatches):
       params, opt_state, _ = carry
       grads = jax.grad(surrogate)(params)
       updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state, optax.global_norm(grads)
+      return optax.apply_updates(params, updates), opt_state, optax.tree.norm(grads)
 
     params, opt_state, grad_norm = jax.lax.fori_loop(
         0, settings.m, inner, (state["params"], state["opt_state"], jnp.zeros([], jnp.float32)))
@@ -69,7 +69,7 @@ def _sso_step(task, graphdef, tx, schedule, settings, microbatches):
                                  expensive_grad_calls=counters.expensive_grad_calls + 1,
                                  inner_steps=counters.inner_steps + settings.m)
     metrics = {"loss": loss, "examples": task.loss(z_t, batch)[1], "grad_norm": grad_norm,
-               "param_norm": optax.global_norm(params), "eta": eta_t,
+               "param_norm": optax.tree.norm(params), "eta": eta_t,
                "expensive_grad_calls": counters.expensive_grad_calls}
     if schedule is not None:
       metrics["lr"] = schedule(counters.inner_steps)
