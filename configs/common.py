@@ -83,3 +83,81 @@ def base_config(size: str = "tiny") -> ml_collections.ConfigDict:
   c.optim = optim_config()
   c.mesh = mesh_config()
   return c
+
+
+# What every key means (``python train/main.py --config FILE --config_help`` prints these next
+# to the values; tests/train/test_cli.py fails if a config has a key without one).
+KEY_DOCS = {
+    "seed": "seed of the parameter init, the data order and the step rng",
+    "task": "what the loop trains: lm | classify (train/tasks/)",
+    # model
+    "model.name": "model by name: transformer | convnet (models/registry.py)",
+    "model.vocab_size": "embedding rows (>= the tokenizer's vocabulary; padded ids never sampled)",
+    "model.d_model": "width of the residual stream",
+    "model.n_layers": "decoder blocks",
+    "model.n_heads": "query heads",
+    "model.n_kv_heads": "key/value heads (grouped-query attention; divides n_heads)",
+    "model.head_dim": "width of one attention head (even: RoPE)",
+    "model.mlp_dim": "hidden width of the SwiGLU MLP",
+    "model.rope_theta": "RoPE base frequency",
+    "model.norm_eps": "RMSNorm epsilon",
+    "model.tie_embeddings": "the output projection reuses the embedding",
+    "model.dtype": "compute dtype of activations and matmul inputs (float32 | bfloat16)",
+    "model.param_dtype": "dtype the parameters are stored and updated in",
+    "model.remat": "rematerialize each block in the backward pass (memory for FLOPs)",
+    "model.image_size": "input images are image_size x image_size",
+    "model.in_channels": "input image channels",
+    "model.num_classes": "classifier outputs",
+    "model.channels": "output channels of each 3x3 conv block (each halves the image)",
+    "model.hidden": "width of the classifier's hidden layer",
+    # data
+    "data.name": "dataset: python_stdlib (bundled) or a locally prepared TFDS text dataset; "
+                 "digits for the classify task",
+    "data.text_key": "the text feature of a TFDS dataset",
+    "data.tokenizer": "byte | sentencepiece:PATH | hf:PATH/tokenizer.json",
+    "data.data_dir": "TFDS data_dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
+    "data.train_split": "split to train on",
+    "data.eval_split": "split to evaluate on",
+    "data.max_files": "python_stdlib only: use a deterministic subset of this many files",
+    "data.validation_permille": "python_stdlib only: files per 1000 held out for validation",
+    "data.seq_len": "tokens per packed row",
+    # train
+    "train.steps": "optimizer steps of the whole run (a rerun resumes until it reaches them)",
+    "train.global_batch_size": "examples (rows) per step over all devices and hosts",
+    "train.microbatches": "gradient accumulation: the global batch is split into this many",
+    "train.log_every": "console line and metrics.jsonl row every this many steps",
+    "train.eval_every": "evaluate every this many steps (and at the end)",
+    "train.eval_batches": "batches per evaluation (-1: the whole eval split)",
+    "train.checkpoint_every": "save a checkpoint every this many steps (and at the end)",
+    "train.keep_checkpoints": "newest checkpoints kept on disk",
+    "train.async_checkpoint": "write checkpoints in the background",
+    "train.restore_step": "resume from this checkpoint once (newer ones are moved aside, not "
+                          "deleted); None: the latest",
+    "train.export": "write the params-only export to WORKDIR/export at the end",
+    "train.export_dtype": "dtype of the exported params (float32 | bfloat16)",
+    "train.profile_start": "first step of the jax.profiler trace",
+    "train.profile_steps": "steps to trace into WORKDIR/profile (0: no trace)",
+    # optim
+    "optim.name": "adamw | lamb | sgd | sso (optim/registry.py)",
+    "optim.lr": "peak learning rate",
+    "optim.schedule": "cosine | poly | constant, after a linear warmup",
+    "optim.warmup_steps": "linear warmup from 0 to lr (must be < train.steps)",
+    "optim.end_lr_ratio": "final lr as a fraction of the peak (cosine, poly)",
+    "optim.power": "exponent of the poly schedule",
+    "optim.b1": "first-moment decay (Adam, LAMB)",
+    "optim.b2": "second-moment decay (Adam, LAMB)",
+    "optim.eps": "denominator epsilon (Adam, LAMB)",
+    "optim.weight_decay": "decoupled weight decay",
+    "optim.grad_clip": "global-norm gradient clipping (0 disables)",
+    "optim.lamb.bias_correction": "LAMB: Adam-style bias correction of the moments",
+    "optim.lamb.trust_clip": "LAMB: clip the trust ratio to (lo, hi), or None",
+    "optim.sso.inner": "SSO: the optax optimizer taking the cheap surrogate steps",
+    "optim.sso.m": "SSO: cheap steps per expensive target-space gradient",
+    "optim.sso.eta": "SSO: per-example target-space step (softmax CE is 1/2-smooth: <= 2)",
+    "optim.sso.eta_schedule": "SSO: constant | inv_sqrt",
+    # mesh
+    "mesh.data": "data-parallel mesh axis size (-1: the remaining devices)",
+    "mesh.fsdp": "FSDP axis size: params and optimizer state sharded, batch split too",
+    "mesh.tensor": "tensor-parallel axis size: heads and MLP columns split",
+    "mesh.rules": "logical axis -> mesh axes rules (None: core.sharding.DEFAULT_RULES)",
+}

@@ -108,17 +108,21 @@ class Checkpointer:
   def restore(self, step: int, abstract_state):
     """Restores ``(state, data_state)`` at ``step`` with the shardings in ``abstract_state``."""
     path = self.directory / str(step)
+    others = [s for s in self.all_steps() if s != step]
+    what_to_do = (f"It was left as it is. Other checkpoints in {self.directory}: "
+                  f"{others or 'none'}; restore one with --config.train.restore_step=STEP, or "
+                  "move the bad one aside.")
+    missing = _missing_files(path)
+    if missing:
+      raise CheckpointError(f"checkpoint {path} is incomplete: {', '.join(missing)} "
+                            f"missing. {what_to_do}")
     try:
       out = self._mngr.restore(
           int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                              data=ocp.args.JsonRestore()))
     except Exception as e:  # Orbax raises many types for truncated/corrupt files.
-      others = [s for s in self.all_steps() if s != step]
-      raise CheckpointError(
-          f"checkpoint {path} could not be restored ({_short_reason(e, path)}). "
-          f"It was left as it is. Other checkpoints in {self.directory}: {others or 'none'}; "
-          "restore one with --config.train.restore_step=STEP, or move the bad one aside."
-      ) from e
+      raise CheckpointError(f"checkpoint {path} could not be restored "
+                            f"({_short_reason(e, path)}). {what_to_do}") from e
     return out["state"], dict(out["data"] or {})
 
   def wait(self):
@@ -130,15 +134,25 @@ class Checkpointer:
 
 
 def _short_reason(e: Exception, path: Path) -> str:
-  """One line for a failed restore: the first file of ``path`` the error names, else the type.
+  """One line for a failed restore: the innermost cause's first line (it names the file or
+  array that could not be read); Orbax/TensorStore errors can run to hundreds of lines."""
+  del path
+  chain, c = [], e
+  while c is not None and len(chain) < 16:
+    chain.append(c)
+    c = c.__cause__ or c.__context__
+  root = chain[-1]
+  text = str(root).strip()
+  first = text.splitlines()[0] if text else ""
+  return f"{type(root).__name__}: {first[:300]}"
 
-  Orbax/TensorStore errors can run to hundreds of lines; the user needs the file.
-  """
-  text = str(e)
-  names = [p for p in text.replace("'", " ").replace('"', " ").split() if str(path) in p]
-  first = text.strip().splitlines()[0][:200] if text.strip() else ""
-  where = f" at {names[0]}" if names else ""
-  return f"{type(e).__name__}{where}: {first}"
+
+# Files every complete item of a run checkpoint has (Orbax writes them last).
+_REQUIRED = ("state/_METADATA", "_CHECKPOINT_METADATA")
+
+
+def _missing_files(path: Path) -> list[str]:
+  return [f for f in _REQUIRED if not (path / f).exists()]
 
 
 def abstract_like(tree, shardings):

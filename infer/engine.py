@@ -70,13 +70,24 @@ def common_prefix(token_lists: Sequence[Sequence[int]], min_len: int = MIN_SHARE
   return n if n >= min_len else 0
 
 
-def read_prompts(path) -> list[str]:
-  """One prompt per non-blank line; a literal ``\\n`` in a line stands for a newline."""
+def read_text(path, what: str) -> str:
+  """The UTF-8 text of a file; a clear ValueError names the file when it cannot be read."""
   path = Path(path)
-  if not path.exists():
-    raise ValueError(f"prompt file {path} does not exist.")
-  prompts = [line.replace("\\n", "\n") for line in path.read_text().splitlines()
-             if line.strip()]
+  if not path.is_file():
+    raise ValueError(f"{what} {path} does not exist (or is not a file).")
+  data = path.read_bytes()
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start}: "
+                     f"{data[e.start:e.start + 1]!r}); save it as UTF-8.") from None
+
+
+def read_prompts(path, *, escapes: bool = False) -> list[str]:
+  """One prompt per non-blank line, verbatim; with ``escapes`` a literal ``\\n`` in a line
+  stands for a newline (off by default: it would mangle code prompts)."""
+  lines = read_text(path, "prompt file").splitlines()
+  prompts = [line.replace("\\n", "\n") if escapes else line for line in lines if line.strip()]
   if not prompts:
     raise ValueError(f"prompt file {path} has no prompts (one per non-blank line).")
   return prompts
@@ -114,7 +125,9 @@ def format_report(prompts, texts, gen: decode.Generation, prefix_len: int, hydra
   for i, (prompt, samples) in enumerate(zip(prompts, texts)):
     for j, text in enumerate(samples):
       lines.append(f"=== prompt {i} sample {j} ({gen.finish_reasons[i][j]}) ===")
-      lines.append(prompt + text)
+      lines.append(prompt)
+      lines.append(f"--- completion ({len(gen.tokens[i][j])} tokens) ---")
+      lines.append(text)
   lines.append("=== throughput ===")
   lines.append(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; "
                f"hydragen: {'on' if hydragen else 'off'}; shared prefix: {prefix_len} tokens")

@@ -4,12 +4,16 @@
       [--shared-prefix-file system.txt] --num-samples 4 --max-new-tokens 64 \
       [--temperature 0.8 --top-k 50 --top-p 0.95 --seed 0] [--no-hydragen] [--warmup]
 
-Prompts: one per non-blank line (``\\n`` in a line is a newline). The shared prefix is the
-file's text when given, else the longest common token prefix of the prompts when it is at
-least --min-shared-prefix tokens (see :mod:`infer.engine`). Prints every completion, then
-prefill and decode throughput.
+Prompts: one per non-blank line, verbatim (``--escapes``: a literal ``\\n`` is a newline).
+The shared prefix is the file's text when given, else the longest common token prefix of
+the prompts when it is at least --min-shared-prefix tokens (see :mod:`infer.engine`). Prints
+every prompt with its completion below a ``--- completion`` line, then prefill and decode
+throughput. Errors (missing or non-UTF-8 files, empty prompts, a request longer than
+--max-len) are one ``error:`` line and exit status 2.
 """
-from absl import app, flags, logging
+from absl import flags, logging
+
+from core import cli
 
 flags.DEFINE_string("checkpoint", None, "Export directory (has export.json).")
 flags.DEFINE_string("prompt-file", None, "Text file, one prompt per line.")
@@ -24,20 +28,22 @@ flags.DEFINE_bool("no-hydragen", False, "Cache the full prompt per sequence (bas
 flags.DEFINE_integer("min-shared-prefix", 16, "Shortest auto-detected shared prefix used.")
 flags.DEFINE_integer("max-len", 4096, "Longest prefix + prompt + new tokens allowed.")
 flags.DEFINE_bool("warmup", False, "Run once untimed first, so throughput excludes compiles.")
+flags.DEFINE_bool("escapes", False, "Read a literal \\n in a prompt line as a newline (off: "
+                  "prompts are taken verbatim, as code prompts need).")
 flags.mark_flags_as_required(["checkpoint", "prompt-file"])
 
 
-def main(argv):
-  del argv
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise cli.UsageError(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
   if not flags.FLAGS["verbosity"].present:  # Orbax INFO logs drown the completions
     logging.set_verbosity(logging.WARNING)
   from infer import decode, engine  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  prompts = engine.read_prompts(f["prompt-file"].value)
+  prompts = engine.read_prompts(f["prompt-file"].value, escapes=f.escapes)
   shared = None
   if f["shared-prefix-file"].value:
-    with open(f["shared-prefix-file"].value) as fh:
-      shared = fh.read()
+    shared = engine.read_text(f["shared-prefix-file"].value, "shared prefix file")
   dec, tok, _ = engine.load(f.checkpoint, max_len=f["max-len"].value)
   params = decode.SamplingParams(
       max_new_tokens=f["max-new-tokens"].value, temperature=f.temperature,
@@ -51,7 +57,8 @@ def main(argv):
   texts, gen, prefix_len = engine.generate_text(dec, tok, prompts, params, **kwargs)
   shown = [(shared or "") + p for p in prompts]
   print(engine.format_report(shown, texts, gen, prefix_len, hydragen))
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

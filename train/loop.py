@@ -174,7 +174,7 @@ def compile_only(config, mesh) -> dict:
   compiled = parts["train_step"].lower(state, batch, rng).compile()
   mem = compiled.memory_analysis()
   num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(parts["abstract_state"]["params"]))
-  out = {"compile_s": time.perf_counter() - t0, "num_params": num_params,
+  out = {"compile_s": round(time.perf_counter() - t0, 1), "num_params": num_params,
          "devices": mesh.size, "mesh": dict(mesh.shape), "global_batch_size": gbs}
   for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
                 "alias_size_in_bytes", "generated_code_size_in_bytes"):
@@ -182,6 +182,53 @@ def compile_only(config, mesh) -> dict:
   out["per_device_total_bytes"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
                                    + out["temp_size_in_bytes"] - out["alias_size_in_bytes"])
   return out
+
+
+def format_memory_plan(out: dict, hbm_bytes: int | None = None) -> str:
+  """The compile-only memory analysis in GB per device, and whether it fits ``hbm_bytes``
+  (the device's memory; unknown for CPU devices, which have no fixed budget)."""
+  gb = lambda b: b / 1e9
+  state = out["argument_size_in_bytes"]
+  total = out["per_device_total_bytes"]
+  lines = [f"{out['num_params']:,} params on a mesh {out['mesh']} ({out['devices']} devices), "
+           f"global batch {out['global_batch_size']}; compiled in {out['compile_s']:.1f} s",
+           f"per device: train state (params + optimizer) {gb(state):.2f} GB, temporaries "
+           f"{gb(out['temp_size_in_bytes']):.2f} GB, total {gb(total):.2f} GB"]
+  if hbm_bytes:
+    fits = total <= hbm_bytes
+    lines.append(f"{'fits' if fits else 'does not fit'} in {gb(hbm_bytes):.1f} GB per device")
+  else:
+    lines.append("fits: unknown (these devices report no memory limit; compile for a real "
+                 "target to know)")
+  return "\n".join(lines)
+
+
+def evaluate_checkpoint(config, workdir: str | Path, *, devices=None, say=print) -> dict:
+  """Evaluates the newest checkpoint of ``workdir`` (or ``train.restore_step``); writes
+  nothing. ``{"step", **eval metrics}``."""
+  workdir = Path(workdir).absolute()
+  task = tasks.build(config)
+  mesh = sharding_lib.make_mesh(config.mesh, devices)
+  check_batch(config, mesh)
+  if not (workdir / "checkpoints").is_dir():
+    raise ValueError(f"--workdir {workdir} has no checkpoints/ to evaluate; train first, or "
+                     "pass the workdir of a run.")
+  parts = build(config, mesh, task)
+  ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", async_save=False)
+  try:
+    wanted = config.train.get("restore_step", None)
+    step = ckpt.latest_step() if wanted is None else int(wanted)
+    if step is None:
+      raise ValueError(f"--workdir {workdir} holds no finished checkpoint to evaluate.")
+    target = ckpt_lib.abstract_like(parts["abstract_state"], parts["state_shardings"])
+    state, _ = ckpt.restore(step, target)
+  finally:
+    ckpt.close()
+  local_bs = int(config.train.global_batch_size) // jax.process_count()
+  metrics = evaluate(task, parts["eval_step"], state["params"], task.eval_batches(local_bs),
+                     mesh)
+  say(f"step {step} | {task.describe_eval(metrics)}")
+  return {"step": step, **metrics}
 
 
 def _fetch(metrics):

@@ -48,8 +48,15 @@ def _run_main(argv, capsys):
 
 
 def _completions(out):
+  """``{"prompt i sample j": (prompt, completion)}`` from the printed report."""
   blocks = out.split("=== ")
-  return {b.split(" (")[0]: b.split("===\n", 1)[1] for b in blocks if b.startswith("prompt")}
+  got = {}
+  for b in blocks:
+    if b.startswith("prompt"):
+      body = b.split("===\n", 1)[1]
+      prompt, completion = body.split("\n--- completion (", 1)
+      got[b.split(" (")[0]] = (prompt, completion.split(") ---\n", 1)[1].rstrip("\n"))
+  return got
 
 
 def test_main_prints_completions_and_throughput(export, tmp_path, capsys):
@@ -74,8 +81,7 @@ def test_main_prints_completions_and_throughput(export, tmp_path, capsys):
   texts = _completions(out)
   for i, prompt in enumerate(PROMPTS):
     for j in range(2):
-      assert texts[f"prompt {i} sample {j}"].rstrip("\n") == (
-          SYSTEM + prompt + tok.decode(gen.tokens[i][j]))
+      assert texts[f"prompt {i} sample {j}"] == (SYSTEM + prompt, tok.decode(gen.tokens[i][j]))
 
 
 def test_shared_prefix_file_and_detection(export):
@@ -133,7 +139,7 @@ def test_quantized_export_serves_through_the_low_bit_kernel(export, tmp_path, ca
   gen = dense.generate([[tok.bos_id] + tok.encode(p) for p in PROMPTS],
                        D.SamplingParams(max_new_tokens=8, stop_tokens=(tok.eos_id,)))
   for i, prompt in enumerate(PROMPTS):
-    assert texts[f"prompt {i} sample 0"].rstrip("\n") == prompt + tok.decode(gen.tokens[i][0])
+    assert texts[f"prompt {i} sample 0"] == (prompt, tok.decode(gen.tokens[i][0]))
 
 
 @pytest.mark.slow

@@ -13,41 +13,14 @@ import jax
 import numpy as np
 import pytest
 
-from configs import lm_tiny
-from data import stdlib_corpus
 from core import checkpoint as ckpt_lib
 from train import metrics as metrics_lib
 from core import sharding
 from train import loop
+from tests import snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
-MAX_FILES = 40
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp("tfds")
-  stdlib_corpus.load_builder(str(d), max_files=MAX_FILES)
-  return str(d)
-
-
-def small_config(data_dir, **train_overrides):
-  c = lm_tiny.get_config()
-  c.model.n_layers = 1
-  c.model.mlp_dim = 256
-  c.data.seq_len = 32
-  c.data.data_dir = data_dir
-  c.data.max_files = MAX_FILES
-  c.train.global_batch_size = 8
-  c.train.steps = 6
-  c.train.log_every = 1
-  c.train.eval_every = 6
-  c.train.eval_batches = 2
-  c.train.checkpoint_every = 3
-  c.optim.warmup_steps = 2
-  for k, v in train_overrides.items():
-    setattr(c.train, k, v)
-  return c
+from tests.train.conftest import MAX_FILES, small_config  # noqa: F401
 
 
 def _main_args(config, workdir, *extra):
@@ -162,6 +135,44 @@ def test_corrupt_checkpoint_is_named_and_older_ones_survive(data_dir, tmp_path):
   assert out["step"] == 9
   # The corrupt one was moved aside, not deleted.
   assert len(list((tmp_path / "checkpoints_superseded").glob("6-*/state"))) == 1
+  # Keeping restore_step=3 in a rerun does not move the new checkpoints aside again: it was
+  # applied once (WORKDIR/restore.json); the finished run is reported and re-evaluated.
+  before = snapshot.digest(ckpt_dir)
+  out = loop.train_and_evaluate(config, tmp_path)
+  assert out["status"] == "already_complete" and out["step"] == 9
+  assert snapshot.digest(ckpt_dir) == before
+  assert len(list((tmp_path / "checkpoints_superseded").iterdir())) == 1
+
+
+def test_missing_metadata_is_reported_as_incomplete_not_a_pytree_mismatch(data_dir, tmp_path):
+  config = small_config(data_dir, steps=3, checkpoint_every=3, async_checkpoint=False)
+  loop.train_and_evaluate(config, tmp_path)
+  (tmp_path / "checkpoints" / "3" / "state" / "_METADATA").unlink()
+  config.train.steps = 6
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"checkpoints/3 is incomplete: "
+                     r"state/_METADATA missing"):
+    loop.train_and_evaluate(config, tmp_path)
+
+
+def test_sigterm_saves_and_exits_75_then_the_rerun_finishes(data_dir, tmp_path):
+  config = small_config(data_dir, steps=400, checkpoint_every=1000, eval_every=1000,
+                        async_checkpoint=False, log_every=1)
+  proc = subprocess.Popen(_main_args(config, tmp_path), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None and not _losses(tmp_path):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 75, out[-2000:]
+  assert "(preempted); rerun the same command to resume" in out
+  saved = ckpt_lib.Checkpointer(tmp_path / "checkpoints").latest_step()
+  assert 0 < saved < 400
+  config.train.steps = saved + 2
+  result = loop.train_and_evaluate(config, tmp_path)
+  assert result["status"] == "complete" and result["step"] == saved + 2
+  meta = ckpt_lib.read_export_metadata(tmp_path / "export")
+  assert meta["trained_steps"] == saved + 2  # the export is the newest checkpoint's
 
 
 def test_incompatible_workdir_is_refused_unless_overwrite(data_dir, tmp_path):
@@ -197,11 +208,3 @@ def test_unprepared_tfds_dataset_is_a_clear_error(data_dir, tmp_path):
   config.data.name = "lm1b"
   with pytest.raises(ValueError, match="lm1b"):
     loop.train_and_evaluate(config, tmp_path)
-
-
-def test_unknown_config_key_suggests_the_closest(tmp_path):
-  res = subprocess.run([sys.executable, str(ROOT / "train" / "main.py"), "--config",
-                        str(ROOT / "configs" / "lm_tiny.py"), "--workdir", str(tmp_path),
-                        "--config.optim.lrr=1e-3"], capture_output=True, text=True)
-  assert res.returncode != 0
-  assert 'Did you mean "lr"' in res.stderr
