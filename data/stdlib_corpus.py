@@ -37,8 +37,10 @@ seen as prepared; `load_builder` adds a log line and is idempotent.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import logging
 import os
 import re
@@ -46,6 +48,7 @@ import sys
 import sysconfig
 import time
 
+from absl import logging as absl_logging
 from etils import epath
 import tensorflow_datasets as tfds
 
@@ -252,18 +255,34 @@ def load_builder(data_dir: str | None = None, *, max_files: int | None = None,
   return builder
 
 
+@contextlib.contextmanager
+def _quiet_tfds():
+  """TFDS says "Downloading and preparing dataset", draws progress bars and warns about a
+  "custom data configuration" for this local corpus, which downloads nothing: hide that."""
+  level = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+      yield
+  finally:
+    absl_logging.set_verbosity(level)
+
+
 def _load_builder(data_dir: str, *, max_files, max_file_bytes, validation_permille,
                   root) -> PythonStdlib:
   config = make_config(root=root, max_files=max_files, max_file_bytes=max_file_bytes,
                        validation_permille=validation_permille)
-  builder = PythonStdlib(config=config, data_dir=data_dir, file_format="array_record")
+  with _quiet_tfds():
+    builder = PythonStdlib(config=config, data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
     start = time.perf_counter()
-    log.info("Preparing %s/%s (%d files, %.1f MB) into %s", NAME, config.name,
-             len(config.manifest.paths), config.manifest.num_bytes / 1e6, builder.data_dir)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    log.info("Prepared %s in %.1f s at %s", NAME, time.perf_counter() - start, builder.data_dir)
+    print(f"building the bundled corpus {NAME} once ({len(config.manifest.paths)} files, "
+          f"{config.manifest.num_bytes / 1e6:.1f} MB of this Python's standard library) into "
+          f"{builder.data_dir} ...", file=sys.stderr, flush=True)
+    with _quiet_tfds():
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    print(f"built {NAME} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
   return builder
 
 

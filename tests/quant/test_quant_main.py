@@ -2,6 +2,7 @@
 import json
 import math
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -77,8 +78,7 @@ def test_end_to_end_round_trip_and_kernel_path(source, tmp_path):
   assert math.isclose(fp["perplexity"], math.exp(fp["loss"]), rel_tol=1e-9)
   # The source export is untouched.
   _, src_params = ckpt_lib.load_export(src, T.abstract_params(CFG)[1])
-  for a, b in zip(jax.tree.leaves(src_params), jax.tree.leaves(params)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(src_params, params)
 
 
 def test_failures_leave_no_export(source, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -113,7 +114,7 @@ def test_checkpoint_restores_onto_other_device_counts(data_dir, tmp_path):
     assert data_state == {"it": 1}
     leaf = restored["params"]["layers"][0]["attn"]["q_proj"]["kernel"]
     assert len(leaf.sharding.device_set) == n
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), want)
+    chex.assert_trees_all_equal(jax.device_get(restored), want)
   ckpt.close()
 
 
