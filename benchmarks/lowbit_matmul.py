@@ -14,7 +14,7 @@ and report speedups vs bf16_dot and achieved GB/s on the packed weight bytes (qw
   python -m benchmarks.lowbit_matmul                               # accelerator: full table
 
 Writes the benchmarks.common schema (rewritten after every row; ``results.complete`` set at the
-end) to benchmarks/results/lowbit_matmul_<platform>_<preset>[_check].json (--quick: a
+end) to benchmarks/results/lowbit_matmul_<platform>_<preset>[_correctness].json (--quick: a
 temporary directory; --out: that path). benchmarks/gpu_check_lowbit.sh runs the H200 sequence.
 """
 from __future__ import annotations
@@ -150,7 +150,8 @@ def main(argv=None):
   print(f"device={device.device_kind} backend={backend} jax={jax.__version__} impl={impl}"
         f"{' (interpret)' if interpret else ''} preset={preset}")
   out = args.out or result_path(
-      "lowbit_matmul", tag=preset + ("_check" if args.check_only else ""), quick=args.quick)
+      "lowbit_matmul", tag=preset + ("_correctness" if args.check_only else ""),
+      quick=args.quick)
   config = dict(
       host=platform.node(), impl=impl, interpret=interpret, preset=preset,
       shapes=PRESETS[preset], check_only=args.check_only, iters=iters, tol=2e-2,
