@@ -14,24 +14,23 @@ Hydragen, throughput at large batch drops < 15% from a 1K to a 16K prefix, while
 path collapses (or runs out of memory: plain configs whose KV cache would not fit in
 ``--memory-gb`` are skipped and reported as such).
 
-  python benchmarks/decode_throughput.py --small          # CPU, tiny model, seconds
-  python benchmarks/decode_throughput.py --layers 4       # 1B-shaped model, full grid
+  python -m benchmarks.decode_throughput --quick          # CI smoke run, seconds
+  python -m benchmarks.decode_throughput --small          # CPU, tiny model, seconds
+  python -m benchmarks.decode_throughput --layers 4       # 1B-shaped model, full grid
+
+Writes the benchmarks.common schema to
+benchmarks/results/decode_throughput_<platform>[_small].json (--quick: a temporary directory).
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import pathlib
-import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from infer import decode  # noqa: E402
-from models import transformer  # noqa: E402
+from benchmarks.common import add_quick_flag, result_path, write_result
+from infer import decode
+from models import transformer
 
 OWN_TOKENS = 32  # tokens of each prompt after the shared prefix
 
@@ -54,8 +53,9 @@ def run_one(dec, cfg, batch, prefix_len, new_tokens, hydragen, rng, repeats):
           "decode_tokens": gen.decode_tokens}
 
 
-def main():
+def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  add_quick_flag(ap)
   ap.add_argument("--small", action="store_true", help="tiny model, CPU-sized grid")
   ap.add_argument("--layers", type=int, default=None, help="override the 1B preset's 16")
   ap.add_argument("--batch-sizes", type=str, default=None, help="e.g. 32,128,512")
@@ -66,9 +66,13 @@ def main():
   ap.add_argument("--repeats", type=int, default=2, help="timed runs per config (best)")
   ap.add_argument("--no-plain", action="store_true", help="only the Hydragen path")
   ap.add_argument("--out", type=str, default=None, help="JSON path (default: results/)")
-  args = ap.parse_args()
+  args = ap.parse_args(argv)
 
-  if args.small:
+  if args.quick:
+    cfg = transformer.preset("tiny", n_layers=args.layers or 1)
+    batches, prefixes, new_tokens = (2,), (48, 64), 4
+    args.repeats = 1
+  elif args.small:
     cfg = transformer.preset("tiny", n_layers=args.layers or 2)
     batches, prefixes, new_tokens = (8,), (64, 256), 16
   else:
@@ -117,20 +121,17 @@ def main():
     print(f"batch {batch}: hydragen decode throughput change {min(prefixes)} -> "
           f"{max(prefixes)} prefix: {-100 * drops[batch]:+.1f}%")
 
-  device = jax.devices()[0]
-  now = datetime.datetime.now(datetime.timezone.utc)
-  result = {"benchmark": "decode_throughput", "date": now.isoformat(timespec="seconds"),
-            "device": f"{device.platform}:{device.device_kind}", "jax": jax.__version__,
-            "small": args.small, "model": cfg.to_dict(), "rows": rows,
-            "hydragen_drop_shortest_to_longest_prefix": {str(k): v for k, v in drops.items()}}
-  out = pathlib.Path(args.out) if args.out else (
-      pathlib.Path(__file__).resolve().parent / "results" /
-      f"decode_throughput_{device.platform}{'_small' if args.small else ''}_"
-      f"{now.strftime('%Y%m%d-%H%M%S')}.json")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2))
+  config = {"small": args.small, "quick": args.quick, "model": cfg.to_dict(),
+            "batch_sizes": list(batches), "prefix_lens": list(prefixes),
+            "new_tokens": new_tokens, "own_tokens": OWN_TOKENS, "repeats": args.repeats,
+            "memory_gb": args.memory_gb, "no_plain": args.no_plain}
+  tag = "quick" if args.quick else "small" if args.small else None
+  out = write_result(
+      "decode_throughput", config=config,
+      out=args.out or result_path("decode_throughput", tag=tag, quick=args.quick),
+      results={"rows": rows, "hydragen_drop_shortest_to_longest_prefix":
+               {str(k): v for k, v in drops.items()}})
   print(f"wrote {out}")
-
 
 if __name__ == "__main__":
   main()

@@ -13,16 +13,17 @@ on its own grid (lower is better, RTN = 1).
 Times are the median of ``--runs`` runs after one warm-up run (which includes compilation;
 Qwix's eager per-column loop compiles one kernel per slice shape on its first call).
 
-  python benchmarks/gptq_speed.py --small                 # seconds on a CPU, ours only
-  python benchmarks/gptq_speed.py --small --qwix-max 256  # + Qwix (about 2 min warm-up)
-  python benchmarks/gptq_speed.py --sizes 4096 --runs 2
+  python -m benchmarks.gptq_speed --quick                 # CI smoke run: 128x128, ours only
+  python -m benchmarks.gptq_speed --small                 # seconds on a CPU, ours only
+  python -m benchmarks.gptq_speed --small --qwix-max 256  # + Qwix (about 2 min warm-up)
+  python -m benchmarks.gptq_speed --sizes 4096 --runs 2
+
+Writes the benchmarks.common schema to benchmarks/results/gptq_speed_<platform>[_small].json
+(rewritten after every size; --quick: a temporary directory).
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import statistics
 import time
 
@@ -31,8 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import quant
-
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
+from benchmarks.common import add_quick_flag, result_path, write_result
 
 
 def _layer(k: int, n: int, seed: int = 0):
@@ -97,8 +97,9 @@ def bench_size(k: int, n: int, *, bits: int, group: int, runs: int, with_qwix: b
   return rows
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  add_quick_flag(parser)
   parser.add_argument("--small", action="store_true", help="one 256x256 layer, quick CPU run")
   parser.add_argument("--sizes", type=int, nargs="+", default=[4096],
                       help="square layer sizes K = N")
@@ -109,18 +110,21 @@ def main():
   parser.add_argument("--group", type=int, default=128)
   parser.add_argument("--runs", type=int, default=3)
   parser.add_argument("--out", default=None, help="JSON path (default: results/...)")
-  args = parser.parse_args()
-  sizes = [256] if args.small else args.sizes
-  runs = 1 if args.small else args.runs
-  qwix_max = args.qwix_max if args.qwix_max is not None else (0 if args.small else 4096)
+  args = parser.parse_args(argv)
+  small = args.small or args.quick
+  sizes = [128] if args.quick else [256] if args.small else args.sizes
+  runs = 1 if small else args.runs
+  qwix_max = args.qwix_max if args.qwix_max is not None else (0 if small else 4096)
+  tag = "quick" if args.quick else "small" if args.small else None
+  out = args.out or result_path("gptq_speed", tag=tag, quick=args.quick)
   rows = []
   for size in sizes:
     rows += bench_size(size, size, bits=args.bits, group=min(args.group, size), runs=runs,
                        with_qwix=size <= qwix_max)
-    _report(args, runs, rows)  # after every size, so a long run keeps its partial results
+    _report(args, runs, rows, out)  # after every size, so a long run keeps its partial results
 
 
-def _report(args, runs, rows):
+def _report(args, runs, rows, out):
   device = jax.devices()[0]
   print(f"GPTQ {args.bits}-bit, g={args.group}, symmetric, device={device.device_kind} "
         f"({device.platform}), jax {jax.__version__}")
@@ -128,22 +132,15 @@ def _report(args, runs, rows):
   for r in rows:
     print(f"{r['method']:36s} {r['k']:>5d}x{r['n']:<5d} {r['seconds']:9.2f} "
           f"{r['warmup_seconds']:9.2f} {r['error_vs_rtn']:8.3f}")
-  record = dict(benchmark="gptq_speed", date=datetime.datetime.now().isoformat(timespec="seconds"),
-                device=device.device_kind, platform=device.platform, jax=jax.__version__,
-                bits=args.bits, group=args.group, runs=runs, small=args.small,
-                cpu_count=os.cpu_count(), rows=rows)
   try:
     import qwix  # pylint: disable=import-outside-toplevel
-    record["qwix"] = getattr(qwix, "__version__", "unknown")
+    qwix_version = getattr(qwix, "__version__", "unknown")
   except ImportError:
-    record["qwix"] = None
-  out = args.out or os.path.join(
-      RESULTS, f"gptq_speed_{device.platform}{'_small' if args.small else ''}.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(record, f, indent=1)
+    qwix_version = None
+  config = dict(bits=args.bits, group=args.group, runs=runs, small=args.small,
+                quick=args.quick, sizes=sorted({r["k"] for r in rows}), qwix=qwix_version)
+  write_result("gptq_speed", config=config, results=rows, out=out)
   print(f"wrote {out}")
-
 
 if __name__ == "__main__":
   main()

@@ -14,4 +14,4 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false  # naive variant sizes itself by free
 PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"
-"$PY" benchmarks/prefix_attention.py --gpu-check --iters 10 2>&1 | tee "${OUT:-/tmp}/gpu_check_prefix.log"
+"$PY" -m benchmarks.prefix_attention --gpu-check --iters 10 2>&1 | tee "${OUT:-/tmp}/gpu_check_prefix.log"

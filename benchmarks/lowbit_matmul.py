@@ -7,36 +7,31 @@ reference first, then time (median of >= 10 calls after warm-up, block_until_rea
   * ``ours``:         lowbit_matmul(x, qw, impl=...),
 and report speedups vs bf16_dot and achieved GB/s on the packed weight bytes (qw.nbytes()).
 
-  python benchmarks/lowbit_matmul.py --small                     # CPU, seconds (interpret)
-  python benchmarks/lowbit_matmul.py --preset check --check-only  # accelerator correctness
-  python benchmarks/lowbit_matmul.py --preset target              # K=8192, N=24576 only
-  python benchmarks/lowbit_matmul.py                              # accelerator: full table
+  python -m benchmarks.lowbit_matmul --quick                       # CI smoke run, seconds
+  python -m benchmarks.lowbit_matmul --small                       # CPU, ~30 s (interpret)
+  python -m benchmarks.lowbit_matmul --preset check --check-only   # accelerator correctness
+  python -m benchmarks.lowbit_matmul --preset target               # K=8192, N=24576 only
+  python -m benchmarks.lowbit_matmul                               # accelerator: full table
 
-Writes JSON (rewritten after every row, ``complete`` set at the end) to
-benchmarks/results/lowbit_matmul_<date>_<device>_<preset>.json.
-benchmarks/gpu_check_lowbit.sh runs the H200 sequence.
+Writes the benchmarks.common schema (rewritten after every row; ``results.complete`` set at the
+end) to benchmarks/results/lowbit_matmul_<platform>_<preset>[_correctness].json (--quick: a
+temporary directory; --out: that path). benchmarks/gpu_check_lowbit.sh runs the H200 sequence.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
-import os
 import platform
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks.common import median_time  # noqa: E402
-
-from kernels_pallas import lowbit_matmul as lm  # noqa: E402
-from core import qtensor  # noqa: E402
+from benchmarks.common import add_quick_flag, median_time, result_path, write_result
+from core import qtensor
+from kernels_pallas import lowbit_matmul as lm
 
 LLAMA_SHAPES = [  # (K, N): Llama-7B and Llama-70B linear layers, plus the PERFORMANCE.md shape
     (4096, 4096), (4096, 11008), (11008, 4096),
@@ -44,6 +39,8 @@ LLAMA_SHAPES = [  # (K, N): Llama-7B and Llama-70B linear layers, plus the PERFO
     (8192, 24576),
 ]
 PRESETS = {
+    # CI smoke run (--quick): one small layer, both dims, two bit widths, interpret mode.
+    "quick": dict(ms=(1, 5), shapes=[(256, 128)], bits=(4, 3), dims=("oc", "ic"), group=128),
     # CPU: reference vs the interpret-mode kernel, seconds.
     "small": dict(ms=(1, 16), shapes=[(256, 256)], bits=(4, 3), dims=("oc", "ic"), group=128),
     # Accelerator correctness over every kernel variant, decode/prefill tables and odd M.
@@ -129,45 +126,45 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--preset", choices=sorted(PRESETS), default="full")
   ap.add_argument("--small", action="store_true", help="alias for --preset small (CPU)")
+  add_quick_flag(ap)
   ap.add_argument("--check-only", action="store_true", help="correctness only, no timing")
   ap.add_argument("--impl", default="auto", help="lowbit_matmul impl (default: auto)")
-  ap.add_argument("--iters", type=int, default=20, help="timed calls per point (>= 10)")
-  ap.add_argument("--out", default=None, help="JSON path (default under benchmarks/results/)")
+  ap.add_argument("--iters", type=int, default=20, help="timed calls per point (>= 10; "
+                  "--quick: 2)")
+  ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/"
+                  "lowbit_matmul_<platform>_<preset>.json)")
   args = ap.parse_args(argv)
-  preset = "small" if args.small else args.preset
+  preset = "quick" if args.quick else "small" if args.small else args.preset
 
   backend = jax.default_backend()
   impl, interpret = args.impl, False
   if impl == "auto":
     impl = {"gpu": "pallas_gpu", "tpu": "pallas_tpu"}.get(backend, "pallas_gpu")
     interpret = backend not in ("gpu", "tpu")  # CPU: the GPU kernel in interpret mode
-  if interpret and preset != "small":
-    print("No accelerator: use --small (interpret mode is far too slow for real shapes).")
+  if interpret and preset not in ("small", "quick"):
+    print("No accelerator: use --small or --quick (interpret mode is far too slow for real "
+          "shapes).")
     return 2
-  iters = max(10, args.iters)
+  iters = 2 if args.quick else max(10, args.iters)
   device = jax.devices()[0]
   print(f"device={device.device_kind} backend={backend} jax={jax.__version__} impl={impl}"
         f"{' (interpret)' if interpret else ''} preset={preset}")
-  out = args.out or os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "results",
-      f"lowbit_matmul_{datetime.date.today()}_{device.device_kind.replace(' ', '_')}_{preset}"
-      f"{'_check' if args.check_only else ''}.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  meta = dict(
-      benchmark="lowbit_matmul", date=datetime.datetime.now().isoformat(timespec="seconds"),
-      device=device.device_kind, backend=backend, jax_version=jax.__version__,
+  out = args.out or result_path(
+      "lowbit_matmul", tag=preset + ("_correctness" if args.check_only else ""),
+      quick=args.quick)
+  config = dict(
       host=platform.node(), impl=impl, interpret=interpret, preset=preset,
-      check_only=args.check_only, iters=iters,
+      shapes=PRESETS[preset], check_only=args.check_only, iters=iters, tol=2e-2,
       block_sizes={f"{k[0]}/{k[1]}": dataclasses.asdict(v) for k, v in lm.BLOCK_SIZES.items()})
 
   def save(rows, done=False):
     failures = sum(not r["correct"] for r in rows)
-    with open(out, "w") as f:
-      json.dump(dict(meta, complete=done, failures=failures, rows=rows), f, indent=1)
+    write_result("lowbit_matmul", config=config, out=out,
+                 results=dict(complete=done, failures=failures, rows=rows))
 
   print(HEADER)
-  rows, failures = run(PRESETS[preset], impl, interpret, iters, args.check_only, tol=2e-2,
-                       on_row=save)
+  rows, failures = run(PRESETS[preset], impl, interpret, iters, args.check_only,
+                       tol=config["tol"], on_row=save)
   save(rows, done=True)
   print(f"wrote {out}; {failures} incorrect config(s)")
   return 1 if failures else 0

@@ -12,29 +12,31 @@ Each config first checks xla and pallas against naive (max |err| of the output),
 each variant (median of ``--iters`` calls after warm-up, ``block_until_ready``), and reports
 achieved TB/s of the minimum bytes: prefix KV once + suffix KVs + q + out.
 
-  python benchmarks/prefix_attention.py --small      # CPU, seconds (Pallas in interpret mode)
-  python benchmarks/prefix_attention.py              # the full grid, on an accelerator
-  python benchmarks/prefix_attention.py --gpu-check  # device correctness + block sweep + grid
+  python -m benchmarks.prefix_attention --quick      # CI smoke run, seconds (interpret mode)
+  python -m benchmarks.prefix_attention --small      # CPU, seconds (Pallas in interpret mode)
+  python -m benchmarks.prefix_attention              # the full grid, on an accelerator
+  python -m benchmarks.prefix_attention --gpu-check  # device correctness + block sweep + grid
+
+Writes the benchmarks.common schema (rewritten after every row) to
+benchmarks/results/prefix_attention_<platform>[_small|_gpu_check].json; ``--out`` is a
+directory for that file, or a ``.json`` path; ``--gpu-check`` writes into ``$OUT`` when set
+(the device tool); ``--quick`` into a temporary directory.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import functools
 import itertools
-import json
 import os
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from benchmarks.common import median_time  # noqa: E402
-from kernels_pallas import prefix_attention as pa  # noqa: E402
+from benchmarks.common import add_quick_flag, median_time, result_path, write_result
+from kernels_pallas import prefix_attention as pa
 
 TARGET = dict(b=64, p=8192, s=256, hq=32, hkv=32)  # PERFORMANCE.md's target shape
 HEADS = ((32, 32), (32, 8))  # MHA, GQA
@@ -197,37 +199,47 @@ def device_correctness(impl, interpret=False):
       raise AssertionError("kernel disagrees with the oracle on the device")
 
 
-def main():
+def output_path(args) -> pathlib.Path:
+  tag = "quick" if args.quick else "small" if args.small else "gpu_check" if args.gpu_check \
+      else None
+  if args.out is None and args.gpu_check and os.environ.get("OUT"):
+    args.out = os.environ["OUT"]  # the device tool brings back what is under $OUT
+  if args.out is None:
+    return result_path("prefix_attention", tag=tag, quick=args.quick)
+  out = pathlib.Path(args.out)
+  return out if out.suffix == ".json" else out / result_path("prefix_attention", tag=tag).name
+
+
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  add_quick_flag(parser)
   parser.add_argument("--small", action="store_true", help="tiny CPU run (interpret mode)")
   parser.add_argument("--gpu-check", action="store_true",
                       help="device correctness, block sweep at the target, then the grid")
   parser.add_argument("--iters", type=int, default=20)
-  parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
-  args = parser.parse_args()
+  parser.add_argument("--out", default=None, help="a directory (default benchmarks/results/) "
+                      "or a .json path")
+  args = parser.parse_args(argv)
   backend = jax.default_backend()
   impl = {"gpu": "pallas_gpu", "tpu": "pallas_tpu"}.get(backend, "pallas_gpu")
   interpret = backend not in ("gpu", "tpu")
   target = (TARGET["b"], TARGET["p"], TARGET["s"], TARGET["hq"], TARGET["hkv"])
-  if args.small:
-    configs = [(4, 64, 16, 4, 4), (4, 96, 0, 4, 2)]
-    target, args.iters = configs[0], min(args.iters, 3)
+  if args.small or args.quick:
+    configs = [(4, 64, 16, 4, 4), (4, 96, 0, 4, 2)]  # MHA; GQA with an empty suffix
+    target, args.iters = configs[0], min(args.iters, 2 if args.quick else 3)
   else:
     configs = [target]
     configs += [(b, p, s, hq, hkv) for (hq, hkv), b, p, s in itertools.product(
         HEADS, (16, 64, 256), (1024, 4096, 16384), (0, 128, 512))]
-  results = dict(date=datetime.datetime.now().isoformat(timespec="seconds"),
-                 device=str(jax.devices()[0].device_kind), backend=backend,
-                 jax_version=jax.__version__, impl=impl, interpret=interpret,
-                 iters=args.iters, block_sizes={f"{k[0]}/{k[1]}": dataclasses.asdict(v) for k, v in
-                                                pa.BLOCK_SIZES.items()}, rows=[], sweep=[])
-  out_dir = pathlib.Path(os.environ.get("OUT") or args.out) if args.gpu_check else \
-      pathlib.Path(args.out)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  path = out_dir / f"prefix_attention_{backend}{'_small' if args.small else ''}_{stamp}.json"
-  save = lambda: path.write_text(json.dumps(results, indent=1))  # after every row
-  print(f"device {results['device']}  jax {jax.__version__}  impl {impl}"
+  path = output_path(args)
+  config = dict(impl=impl, interpret=interpret, iters=args.iters, small=args.small,
+                quick=args.quick, gpu_check=args.gpu_check, d=D,
+                configs=[dict(zip("b p s hq hkv".split(), c)) for c in configs],
+                block_sizes={f"{k[0]}/{k[1]}": dataclasses.asdict(v)
+                             for k, v in pa.BLOCK_SIZES.items()})
+  results = dict(rows=[], sweep=[])
+  save = lambda: write_result("prefix_attention", config=config, results=results, out=path)
+  print(f"device {jax.devices()[0].device_kind}  jax {jax.__version__}  impl {impl}"
         f"{' (interpret)' if interpret else ''}", flush=True)
   if args.gpu_check:
     device_correctness(impl, interpret)

@@ -1,8 +1,12 @@
 """AdaDim reproduction on our lm_small: RTN/GPTQ x per-OC/per-IC/AdaDim at 4/3/2 bits.
 
   python train/main.py --config configs/lm_small.py --workdir workdirs/lm_small
-  python reports/adadim.py --workdir workdirs/lm_small      # -> reports/adadim.{md,png}
-  python reports/adadim.py --small                          # seconds: random tiny model
+  python -m reports.adadim --workdir workdirs/lm_small   # -> reports/adadim.{md,json,png}
+  python -m reports.adadim --export workdirs/lm_small/export
+  python -m reports.adadim --quick                       # smoke run (CI): random tiny model
+
+An unfinished run works too: its latest checkpoint is exported first
+(:func:`train.loop.export_checkpoint`, to ``WORKDIR/export_step<N>``).
 
 Validation perplexity (and bits/byte) of FP, RTN-OC, RTN-IC, AdaDim-RTN, GPTQ-OC, GPTQ-IC,
 AdaDim-GPTQ (:mod:`quant.adadim`, :mod:`quant.ptq`), which linears chose per-IC, and the
@@ -12,26 +16,23 @@ written by this script.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
-import json
-import os
-import sys
+import tempfile
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from benchmarks.common import command_line
 from core import checkpoint as ckpt_lib
-from core import sharding
 from models import registry
 from models import transformer as T
 from quant import calibration, ptq
 from quant import main as qmain
+from reports import common
 from train import loop
 
-HERE = Path(__file__).parent
 METHODS = [("RTN-OC", "rtn", "oc"), ("RTN-IC", "rtn", "ic"), ("AdaDim-RTN", "rtn", "ada"),
            ("GPTQ-OC", "gptq", "oc"), ("GPTQ-IC", "gptq", "ic"), ("AdaDim-GPTQ", "gptq", "ada")]
 INPUT_KINDS = [("attn.q_proj", "q/k/v input (attn_norm x)"), ("attn.o_proj", "o_proj input"),
@@ -39,27 +40,11 @@ INPUT_KINDS = [("attn.q_proj", "q/k/v input (attn_norm x)"), ("attn.o_proj", "o_
 
 
 def export_from_workdir(workdir: Path) -> Path:
-  """``workdir/export`` if training finished, else an export of the latest checkpoint."""
-  if (workdir / "export" / "export.json").exists():
+  """``workdir/export`` if training finished, else an export of the latest checkpoint
+  (``workdir/export_step<N>``, rewritten on every call)."""
+  if ckpt_lib.is_export(workdir / "export"):
     return workdir / "export"
-  cfg_json = json.loads((workdir / "config.json").read_text())
-  _, cfg = registry.from_dict(cfg_json["model"])
-  ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", async_save=False)
-  step = ckpt.latest_step()
-  if step is None:
-    raise ValueError(f"{workdir} has neither an export nor a checkpoint; train first.")
-  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
-  config = ConfigDict(cfg_json)
-  parts = loop.build(config, sharding.make_mesh(config.mesh))
-  target = ckpt_lib.abstract_like(parts["abstract_state"], parts["state_shardings"])
-  state, _ = ckpt.restore(step, target)
-  ckpt.close()
-  out = workdir / f"export_step{step}"
-  ckpt_lib.save_export(out, jax.device_get(state["params"]), model=registry.to_dict(T, cfg),
-                       dtype="float32", overwrite=True,
-                       extra={"tokenizer": config.data.tokenizer, "trained_steps": step,
-                              "configured_steps": int(config.train.steps)})
-  return out
+  return loop.export_checkpoint(workdir, dtype="float32", overwrite=True)
 
 
 def small_export(tmp: Path) -> Path:
@@ -83,9 +68,8 @@ def largest_group(graphdef, params, bits: int, want: int) -> int:
 
 def run(args) -> dict:
   t0 = time.time()
-  if args.small:
-    import tempfile
-    src = small_export(Path(tempfile.mkdtemp()))
+  if args.quick:
+    src = small_export(Path(tempfile.mkdtemp(prefix="effijax-adadim-")))
   elif args.export:
     src = Path(args.export)
   else:
@@ -124,24 +108,24 @@ def run(args) -> dict:
   out = {"meta": meta, "cfg": cfg, "fp": fp, "results": results, "choices": choices,
          "stats": stats, "seconds": time.time() - t0, "args": vars(args), "source": str(src),
          "calib_rows": int(calib["tokens"].shape[0])}
-  out_dir = Path(args.out_dir) if args.out_dir else (None if args.small else HERE)
-  if out_dir is not None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_plot(out, out_dir / "adadim.png")
-    (out_dir / "adadim.md").write_text(markdown(out))
-    (out_dir / "adadim.json").write_text(json.dumps(
-        {"fp": out["fp"], "results": out["results"], "args": out["args"],
-         "source": out["source"], "trained_steps": out["meta"].get("trained_steps"),
-         "choices": {f"{k[0]} w{k[1]}": [(l, n, d) for (l, n, d, _) in v]
-                     for k, v in out["choices"].items()}}, indent=1))
-    print(f"wrote {out_dir / 'adadim.md'}, .png and .json")
+  out_dir = common.out_dir(args)
+  write_plot(out, out_dir / "adadim.png")
+  (out_dir / "adadim.md").write_text(markdown(out))
+  if args.quick:
+    common.mark_quick(out_dir / "adadim.md")
+  common.write_json(out_dir / "adadim.json", name="adadim", config={
+      **out["args"], "source": out["source"], "trained_steps": out["meta"].get("trained_steps"),
+      "configured_steps": out["meta"].get("configured_steps"), "model": out["cfg"].to_dict(),
+      "calib_rows": out["calib_rows"]}, results={
+          "fp": out["fp"], "results": out["results"],
+          "choices": {f"{k[0]} w{k[1]}": [(l, n, d) for (l, n, d, _) in v]
+                      for k, v in out["choices"].items()}})
+  print(f"wrote {out_dir / 'adadim.md'}, .png and .json")
   return out
 
 
 def write_plot(out, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = common.pyplot()
   cfg, stats = out["cfg"], out["stats"]
   fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
   for ax, (name, title) in zip(list(axes[0]) + [axes[1][0]], INPUT_KINDS):
@@ -178,12 +162,17 @@ def _outlier_rows(out):
   return rows
 
 
+def _linear_names(out) -> list[str]:
+  """The quantized linears of one block ("attn.q_proj", ...), in the order PTQ visited them."""
+  return list(dict.fromkeys(n for recs in out["choices"].values() for (_, n, _, _) in recs))
+
+
 def markdown(out) -> str:
   meta, cfg, fp = out["meta"], out["cfg"], out["fp"]
   steps = meta.get("trained_steps")
   configured = meta.get("configured_steps")
   lines = ["# AdaDim (per-IC / adaptive-dimension weight quantization) on lm_small", "",
-           f"Generated by `python reports/adadim.py` on {datetime.date.today()} "
+           f"Generated by `{command_line()}` on {datetime.date.today()} "
            f"({jax.default_backend()}, jax {jax.__version__}) in {out['seconds'] / 60:.1f} min. "
            "Every number below is written by the script.", "",
            "## Setup", "",
@@ -208,7 +197,8 @@ def markdown(out) -> str:
            "| bits | group | method | perplexity | bits/byte | mean rel. output err | "
            "linears per-IC |", "|---|---|---|---|---|---|---|",
            f"| 32 | - | FP | {fp['perplexity']:.4f} | {fp['bits_per_byte']:.4f} | - | - |"]
-  n_lin = cfg.n_layers * len(adadim.LINEARS)
+  linears = _linear_names(out)
+  n_lin = cfg.n_layers * len(linears)
   for r in out["results"]:
     lines.append(f"| {r['bits']} | {r['group']} | {r['method']} | {r['perplexity']:.4f} | "
                  f"{r['bits_per_byte']:.4f} | {r['mean_rel_err']:.3e} | "
@@ -237,12 +227,12 @@ def markdown(out) -> str:
   for (label, bits), recs in sorted(out["choices"].items(), key=lambda kv: (-kv[0][1], kv[0][0])):
     lines.append(f"**{label}, {bits}-bit** (oc/ic per layer; `IC` marks per-IC):")
     lines.append("")
-    lines.append("| layer | " + " | ".join(n.split(".")[1] for n in adadim.LINEARS) + " |")
-    lines.append("|---" * (len(adadim.LINEARS) + 1) + "|")
+    lines.append("| layer | " + " | ".join(n.split(".")[-1] for n in linears) + " |")
+    lines.append("|---" * (len(linears) + 1) + "|")
     for layer in range(cfg.n_layers):
       dims = {n: d for (l, n, d, _) in recs if l == layer}
       lines.append(f"| {layer} | " + " | ".join("IC" if dims[n] == "ic" else "oc"
-                                                 for n in adadim.LINEARS) + " |")
+                                                 for n in linears) + " |")
     lines.append("")
   lines += ["## Where the activation outliers sit", "",
             "Max |x| per input channel of each linear's calibration inputs (FP model); ratio = "
@@ -255,13 +245,10 @@ def markdown(out) -> str:
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = common.arg_parser(__doc__)
+  p.add_argument("--small", action="store_true", help="the old name of --quick")
   p.add_argument("--workdir", default="workdirs/lm_small")
   p.add_argument("--export", default=None, help="use this export instead of --workdir")
-  p.add_argument("--small", action="store_true",
-                 help="random tiny model, 4-bit only (a few minutes on a shared CPU)")
-  p.add_argument("--out-dir", default=None, help="where adadim.md/png go (default reports/; "
-                 "--small writes nothing unless given)")
   p.add_argument("--bits", type=int, nargs="+", default=[4, 3, 2])
   p.add_argument("--group", type=int, default=128)
   p.add_argument("--calib-samples", type=int, default=128)
@@ -270,8 +257,9 @@ def parse_args(argv=None):
   p.add_argument("--eval-batch-size", type=int, default=16)
   p.add_argument("--chunk", type=int, default=16)
   args = p.parse_args(argv)
-  if args.small:
-    args.bits, args.group, args.calib_samples, args.seq_len = [4, 3], 32, 4, 32
+  args.quick = args.quick or args.small
+  if args.quick:  # a random tiny model, 4-bit, a few sequences: seconds
+    args.bits, args.group, args.calib_samples, args.seq_len = [4], 32, 4, 32
     args.eval_batches, args.eval_batch_size, args.chunk = 2, 4, 4
   return args
 

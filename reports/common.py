@@ -2,17 +2,17 @@
 
 A report ``reports/<name>.py`` regenerates ``reports/<name>.md`` (+ ``.json``, ``.png``) from
 scratch with ``python -m reports.<name>``. ``--quick`` runs a seconds-long smoke version
-(CI runs every report that way, so none of them rot) and writes into a temporary directory,
-never over the committed results, unless ``--out-dir`` says where.
+(CI runs every report that way: ``tests/reports/test_quick.py``, so none of them rot) and
+writes into a temporary directory, never over the committed results, unless ``--out-dir``
+says where. The JSON is the benchmarks' schema (``benchmarks.common.write_result``).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import tempfile
 
-from benchmarks.common import command_line, device_info
+from benchmarks.common import write_result
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -40,11 +40,17 @@ def out_dir(args) -> pathlib.Path:
   return path
 
 
-def write_json(path: pathlib.Path, payload: dict) -> pathlib.Path:
-  """``payload`` plus the device, jax version and the command that made it."""
-  record = {**device_info(), "command": command_line(), **payload}
-  path.write_text(json.dumps(record, indent=1, default=str) + "\n")
-  return path
+def write_json(path: pathlib.Path, *, name: str, config: dict, results) -> pathlib.Path:
+  """``{schema, name, date, device, platform, jax_version, cpu_count, command, config,
+  results}`` at ``path``: the one schema of benchmarks and reports."""
+  return write_result(name, config=config, results=results, out=path)
+
+
+def mark_quick(md_path: pathlib.Path) -> None:
+  """Heads a ``--quick`` report with a warning: its text was written for the full run."""
+  md_path.write_text("> **`--quick` smoke run**: toy sizes; the numbers and the text's "
+                     "settings below are not the report's. Run without `--quick` for those.\n\n"
+                     + md_path.read_text())
 
 
 def pyplot():

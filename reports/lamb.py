@@ -1,7 +1,7 @@
 """LAMB reproduction: validation loss against global batch size at a fixed token budget.
 
-    python -m reports.lamb            # writes reports/lamb.md, lamb.png, lamb.json (CPU)
-    python -m reports.lamb --quick    # two batch sizes, a quarter of the budget (smoke run)
+    python -m reports.lamb            # writes reports/lamb.md, lamb.png, lamb.json (CPU, ~30 min)
+    python -m reports.lamb --quick    # smoke run (CI): 2 batch sizes, 8K tokens, temp dir
 
 You et al. (2019) claim LAMB keeps quality as the batch grows (BERT at 32K-64K) where Adam
 degrades; Nado et al. (2021) find well-tuned Adam holds up too. We train the same small
@@ -14,33 +14,36 @@ validation split. Every number in lamb.md comes from this run.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
-import json
-import pathlib
 import tempfile
 import time
 
 import jax
 
 from configs import lm_lamb_largebatch
+from reports import common
 from train import loop
 
-HERE = pathlib.Path(__file__).resolve().parent
 BATCHES = (16, 64, 256, 1024, 2048)
 OPTIMIZERS = ("adamw", "lamb")
-
-
 BASE_LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
+# --quick: the same pipeline at toy scale: 8 steps at batch 16, 2 at batch 64, 2 validation
+# batches, one lr_16 per optimizer, swept on the full (toy) budget so that the batch-16 row
+# is the sweep's run (4 training runs in all).
+QUICK = dict(budget=8 * 16 * 64, sweep_budget=8 * 16 * 64, batches=(16, 64), lr_grid=(3e-3,),
+             eval_batches=2)
 
 
-def run_one(batch: int, optimizer: str, budget: int, base_lr: float) -> dict:
+def run_one(batch: int, optimizer: str, budget: int, base_lr: float,
+            eval_batches: int | None = None) -> dict:
   c = lm_lamb_largebatch.get_config(f"batch={batch},optim={optimizer},base_lr={base_lr}")
   c.train.steps = max(1, budget // (batch * c.data.seq_len))
   c.train.log_every = max(1, c.train.steps // 10)
   c.train.eval_every = c.train.checkpoint_every = c.train.steps
   c.optim.warmup_steps = max(1, int(lm_lamb_largebatch.WARMUP_FRACTION * c.train.steps))
   c.train.async_checkpoint = False
+  if eval_batches is not None:  # --quick only: the full report scores the whole split
+    c.train.eval_batches = eval_batches
   with tempfile.TemporaryDirectory() as workdir:
     t0 = time.time()
     out = loop.train_and_evaluate(c, workdir)
@@ -54,9 +57,7 @@ def run_one(batch: int, optimizer: str, budget: int, base_lr: float) -> dict:
 
 
 def plot(rows, path):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = common.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for opt, color in zip(OPTIMIZERS, ("tab:blue", "tab:red")):
     pts = sorted((r["batch"], r["eval_loss"]) for r in rows if r["optimizer"] == opt)
@@ -129,16 +130,28 @@ def write_markdown(rows, sweep, path, command, budget):
   path.write_text("\n".join(lines) + "\n")
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--quick", action="store_true")
-  args = ap.parse_args()
-  budget = lm_lamb_largebatch.TOKEN_BUDGET // (4 if args.quick else 1)
-  batches = (16, 256) if args.quick else BATCHES
+def main(argv=None):
+  args = common.arg_parser(__doc__).parse_args(argv)
+  if args.quick:
+    budget, sweep_budget, batches, lr_grid, eval_batches = (
+        QUICK["budget"], QUICK["sweep_budget"], QUICK["batches"], QUICK["lr_grid"],
+        QUICK["eval_batches"])
+  else:
+    budget, batches, lr_grid, eval_batches = (lm_lamb_largebatch.TOKEN_BUDGET, BATCHES,
+                                              BASE_LR_GRID, None)
+    sweep_budget = budget // 4
+  out = common.out_dir(args)
+  done = {}  # a run is a function of its arguments: never train the same one twice
+
+  def run(*key):
+    if key not in done:
+      done[key] = run_one(*key, eval_batches)
+    return done[key]
+
   sweep, base_lr = [], {}
   for opt in OPTIMIZERS:
-    for lr in (BASE_LR_GRID[1:3] if args.quick else BASE_LR_GRID):
-      r = run_one(16, opt, budget // 4, lr)
+    for lr in lr_grid:
+      r = run(16, opt, sweep_budget, lr)
       print(f"sweep batch 16 {opt:6s} lr_16={lr:g}: val loss {r['eval_loss']:.4f}", flush=True)
       sweep.append(r)
     base_lr[opt] = min((r for r in sweep if r["optimizer"] == opt),
@@ -146,17 +159,23 @@ def main():
   rows = []
   for b in batches:
     for opt in OPTIMIZERS:
-      r = run_one(b, opt, budget, base_lr[opt])
+      r = run(b, opt, budget, base_lr[opt])
       print(f"batch {b:5d} {opt:6s}: {r['steps']} steps, val loss {r['eval_loss']:.4f} "
             f"({r['seconds']:.0f}s)", flush=True)
       rows.append(r)
-  out = HERE if not args.quick else pathlib.Path(tempfile.mkdtemp())
-  (out / "lamb.json").write_text(json.dumps({"sweep": sweep, "runs": rows}, indent=2))
+  config = {"experiment": "configs/lm_lamb_largebatch.py", "token_budget": budget,
+            "batches": list(batches), "optimizers": list(OPTIMIZERS),
+            "base_lr_grid": list(lr_grid), "sweep_budget": sweep_budget,
+            "eval_batches": eval_batches if eval_batches is not None else "all",
+            "quick": args.quick}
+  common.write_json(out / "lamb.json", name="lamb", config=config,
+                    results={"sweep": sweep, "runs": rows})
   plot(rows, out / "lamb.png")
   write_markdown(rows, sweep, out / "lamb.md",
                  "python -m reports.lamb" + (" --quick" if args.quick else ""), budget)
+  if args.quick:
+    common.mark_quick(out / "lamb.md")
   print("wrote", out / "lamb.md")
-
 
 if __name__ == "__main__":
   main()

@@ -1,7 +1,7 @@
 """SSO reproduction on scikit-learn data: loss against expensive gradient calls.
 
-    python -m reports.sso            # writes reports/sso.md and reports/sso.png (CPU, minutes)
-    python -m reports.sso --quick    # fewer steps and seeds, for a smoke run
+    python -m reports.sso            # writes reports/sso.{md,json,png} (CPU, minutes)
+    python -m reports.sso --quick    # smoke run (CI): one problem, 20 steps, 1 seed, temp dir
 
 Lavington et al. 2023 (arXiv:2302.02607) compare SSO with SGD, Adam and SGD with an Armijo line
 search (SLS) on linear models with logistic and squared losses, plotting the training loss against
@@ -21,7 +21,6 @@ cross-entropy, ``beta = 1/2``: the softmax cross-entropy Hessian ``diag(p) - p p
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import functools
@@ -35,8 +34,7 @@ import optax
 from sklearn import datasets
 
 from optim import sso
-
-HERE = pathlib.Path(__file__).resolve().parent
+from reports import common
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,9 +232,7 @@ def _color(name):
 
 
 def _plot(all_results, path):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = common.pyplot()
   keys = list(all_results)
   problems = sorted({p for p, _ in keys}, key=list(PROBLEM_FACTORIES).index)
   settings = ["minibatch", "full batch"]
@@ -268,7 +264,7 @@ def _markdown(all_results, args):
       "Linear model with bias, standardised features; digits as the binary task digit < 5.",
       f"Minibatch: batch {args.batch_size}, {args.steps} steps, {args.seeds} seeds (mean shown). "
       f"Full batch: {args.full_steps} steps. x-axis / budget: expensive gradient calls dL/dz "
-      "(one per step for every method). L_ref: 3000 full-batch L-BFGS iterations.",
+      f"(one per step for every method). L_ref: {args.ref_iters} full-batch L-BFGS iterations.",
       "SSO uses eta = 1/beta (4 logistic, 1 squared) and SGD+Armijo inner steps, untuned; SGD and "
       f"Adam pick their learning rate from {len(LR_GRID)} log-spaced values in [1e-3, 10] by "
       "final loss. `cheap evals` = surrogate (or minibatch-loss) evaluations per run: SSO's inner "
@@ -334,18 +330,39 @@ def _observations(all_results) -> str:
   return "\n".join(out)
 
 
+def _json_results(all_results) -> list[dict]:
+  """Per problem and setting: L_ref, the condition number, and each method's mean curve."""
+  out = []
+  for (prob, setting), (res, ref, cond) in all_results.items():
+    methods = {}
+    for name, r in res.items():
+      curve = np.nanmean(r["curve"], axis=0)
+      methods[name] = dict(final=float(curve[-1]), evals=r["evals"], note=r["note"],
+                           mean_curve=[float(x) for x in curve])
+    out.append(dict(problem=prob, setting=setting, l_ref=ref, cond=cond, methods=methods))
+  return out
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true")
-  parser.add_argument("--problems", default=",".join(PROBLEM_FACTORIES))
+  parser = common.arg_parser(__doc__)
+  parser.add_argument("--problems", default=None,
+                      help=f"comma-separated, of {', '.join(PROBLEM_FACTORIES)} (default: all; "
+                      "--quick: the first)")
   parser.add_argument("--batch_size", type=int, default=25)
-  parser.add_argument("--out", default=str(HERE / "sso"))
+  parser.add_argument("--out", default=None,
+                      help="path prefix of the .md/.json/.png (overrides --out-dir)")
   args = parser.parse_args(argv)
-  args.steps, args.full_steps, args.seeds = (60, 30, 1) if args.quick else (300, 100, 3)
+  args.steps, args.full_steps, args.seeds = (20, 10, 1) if args.quick else (300, 100, 3)
+  args.ref_iters = ref_iters = 300 if args.quick else 3000
+  if args.problems is None:
+    args.problems = next(iter(PROBLEM_FACTORIES)) if args.quick else ",".join(PROBLEM_FACTORIES)
+  out = args.out or str(common.out_dir(args) / "sso")
   all_results = {}
   for name in args.problems.split(","):
+    if name not in PROBLEM_FACTORIES:
+      parser.error(f"unknown problem {name!r}; use {', '.join(PROBLEM_FACTORIES)}")
     problem = PROBLEM_FACTORIES[name]()
-    ref = reference_loss(problem)
+    ref = reference_loss(problem, ref_iters)
     n = _num_examples(problem)
     # Large values mean m Armijo-GD steps solve the inner projection only roughly.
     cond = _inner_condition_number(problem)
@@ -356,10 +373,17 @@ def main(argv=None):
       all_results[(name, setting)] = (res, ref, cond)
       print(f"{name:24s} {setting:10s} " + "  ".join(
           f"{k}={np.nanmean(v['curve'], 0)[-1]:.4f}" for k, v in res.items()), flush=True)
-  pathlib.Path(args.out + ".md").write_text(_markdown(all_results, args))
-  _plot(all_results, args.out + ".png")
-  print(f"wrote {args.out}.md and {args.out}.png")
-
+  pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
+  common.write_json(pathlib.Path(out + ".json"), name="sso", results=_json_results(all_results),
+                    config=dict(problems=args.problems.split(","), batch_size=args.batch_size,
+                                steps=args.steps, full_steps=args.full_steps, seeds=args.seeds,
+                                reference_lbfgs_iters=ref_iters, sso_ms=list(SSO_MS),
+                                lr_grid=list(LR_GRID), quick=args.quick))
+  pathlib.Path(out + ".md").write_text(_markdown(all_results, args))
+  if args.quick:
+    common.mark_quick(pathlib.Path(out + ".md"))
+  _plot(all_results, out + ".png")
+  print(f"wrote {out}.md, {out}.json and {out}.png")
 
 if __name__ == "__main__":
   main()

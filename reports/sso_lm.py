@@ -1,10 +1,12 @@
 """SSO on the lm_tiny language model: validation loss against expensive gradient calls.
 
-    python -m reports.sso_lm     # writes reports/sso_lm.md and reports/sso_lm.png (CPU, minutes)
+    python -m reports.sso_lm               # writes reports/sso_lm.{md,json,png} (CPU, minutes)
+    python -m reports.sso_lm --from-json   # re-renders the report from sso_lm.json
+    python -m reports.sso_lm --quick       # smoke run (CI): 4 steps of 4 x 32, temp dir
 
 The language-model setting of the SSO reproduction (reports/sso.py covers the paper's linear
 models). Targets are the logits; the expensive gradient is dL/dlogits, one per batch; SSO then
-takes m AdamW steps on the surrogate (train/step.py: make_sso_train_step, eta = 1, within the
+takes m AdamW steps on the surrogate (train/strategies.py: the sso strategy, eta = 1, within the
 1/beta = 2 bound of softmax cross-entropy). AdamW takes one step per batch. Same data order,
 same schedule per inner step, same lr (3e-3), lm_tiny with seq_len 128 and 150 batches of 16.
 Every number in sso_lm.md comes from this run.
@@ -14,34 +16,38 @@ from __future__ import annotations
 import datetime
 import json
 import pathlib
-import sys
 import tempfile
 import time
 
 import jax
 
 from configs import lm_tiny
+from reports import common
 from train import metrics as metrics_lib
 from train import loop
 
-HERE = pathlib.Path(__file__).resolve().parent
-STEPS = 150
 VARIANTS = (("AdamW", "adamw", None), ("SSO m=1 (AdamW inner)", "sso", 1),
             ("SSO m=4 (AdamW inner)", "sso", 4))
+# Changes to configs/lm_tiny.py: the report's run, and --quick's toy version of it.
+SETTINGS = dict(seq_len=128, global_batch_size=16, steps=150, eval_every=25, eval_batches=8,
+                warmup_steps=15)
+QUICK = dict(seq_len=32, global_batch_size=4, steps=4, eval_every=2, eval_batches=1,
+             warmup_steps=1)
 
 
-def run(name: str, m: int | None) -> dict:
+def run(name: str, m: int | None, settings: dict = SETTINGS) -> dict:
   c = lm_tiny.get_config()
-  c.data.seq_len = 128
-  c.train.steps = STEPS
-  c.train.eval_every = 25
-  c.train.eval_batches = 8
-  c.train.log_every = 25
-  c.train.checkpoint_every = STEPS
+  c.data.seq_len = settings["seq_len"]
+  c.train.global_batch_size = settings["global_batch_size"]
+  c.train.steps = settings["steps"]
+  c.train.eval_every = settings["eval_every"]
+  c.train.eval_batches = settings["eval_batches"]
+  c.train.log_every = settings["eval_every"]
+  c.train.checkpoint_every = settings["steps"]
   c.train.export = False
   c.train.async_checkpoint = False
   c.optim.name = name
-  c.optim.warmup_steps = 15
+  c.optim.warmup_steps = settings["warmup_steps"]
   if m is not None:
     c.optim.sso.m = m
   with tempfile.TemporaryDirectory() as workdir:
@@ -53,23 +59,35 @@ def run(name: str, m: int | None) -> dict:
           "unigram_entropy": out.get("unigram_entropy")}
 
 
-def main():
-  if "--from-json" in sys.argv:  # re-render the report from the last run's numbers
-    results = json.loads((HERE / "sso_lm.json").read_text())
+def main(argv=None):
+  parser = common.arg_parser(__doc__)
+  parser.add_argument("--from-json", action="store_true",
+                      help="re-render the report from the last run's sso_lm.json in --out-dir "
+                      "(default reports/)")
+  args = parser.parse_args(argv)
+  out = common.out_dir(args)
+  settings = QUICK if args.quick else SETTINGS
+  if args.from_json:
+    record = json.loads((out / "sso_lm.json").read_text())
+    # Files written before the common schema hold the results dict itself.
+    results = record["results"] if "schema" in record else record
   else:
     results = {}
     for label, name, m in VARIANTS:
-      results[label] = run(name, m)
+      results[label] = run(name, m, settings)
       print(f"{label}: final val loss {results[label]['final']:.4f} "
             f"({results[label]['seconds']:.0f}s)", flush=True)
-    (HERE / "sso_lm.json").write_text(json.dumps(results, indent=2))
-  write_report(results)
+    common.write_json(out / "sso_lm.json", name="sso_lm", results=results, config={
+        "experiment": "configs/lm_tiny.py", **settings, "lr": lm_tiny.get_config().optim.lr,
+        "variants": [dict(label=l, optim=n, m=m) for l, n, m in VARIANTS],
+        "quick": args.quick})
+  write_report(results, out)
+  if args.quick:
+    common.mark_quick(out / "sso_lm.md")
 
 
-def write_report(results):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+def write_report(results, out: pathlib.Path):
+  plt = common.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for label, r in results.items():
     ax.plot([s for s, _ in r["evals"]], [l for _, l in r["evals"]], "o-", label=label)
@@ -78,7 +96,7 @@ def write_report(results):
   ax.set_title("lm_tiny: SSO vs AdamW")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(HERE / "sso_lm.png", dpi=120)
+  fig.savefig(out / "sso_lm.png", dpi=120)
 
   steps = [s for s, _ in next(iter(results.values()))["evals"]]
   lines = ["# SSO on the lm_tiny language model", "",
@@ -109,8 +127,8 @@ def write_report(results):
             "the expensive part, so wall time, not calls, is the honest cost here (table).",
             f"- Unigram entropy of the validation split: "
             f"{results['AdamW']['unigram_entropy']:.4f} nats/byte."]
-  (HERE / "sso_lm.md").write_text("\n".join(lines) + "\n")
-  print("wrote", HERE / "sso_lm.md")
+  (out / "sso_lm.md").write_text("\n".join(lines) + "\n")
+  print("wrote", out / "sso_lm.md")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ model, data, loss and eval metrics; the strategy (:mod:`train.strategies`) owns 
 
 Nothing is written before the whole config is validated (task, mesh, batch divisibility,
 optimizer schedule, data), so a corrected command never meets a half-created workdir.
+
+``export_checkpoint(workdir)`` turns any checkpoint of a run (finished or not) into an export,
+for the tools that read exports (``quant/``, ``infer/``, reports).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from absl import logging
 
@@ -462,3 +466,60 @@ def _export(config, workdir: Path, task, state, step: int, say) -> None:
                        extra={**task.export_extra(), "trained_steps": step},
                        overwrite=True)
   say(f"exported the params of step {step} to {path}")
+
+
+def run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+  """The config a run was started with (``WORKDIR/config.json``)."""
+  cfg_file = Path(workdir) / "config.json"
+  if not cfg_file.is_file():
+    raise FileNotFoundError(f"{Path(workdir)} has no config.json, so it is not a training "
+                            "workdir; pass the --workdir of a train/main.py run.")
+  return ml_collections.ConfigDict(json.loads(cfg_file.read_text()))
+
+
+def export_checkpoint(workdir: str | Path, out: str | Path | None = None, *,
+                      step: int | None = None, dtype: str | None = None,
+                      overwrite: bool = False, devices=None) -> Path:
+  """Writes checkpoint ``step`` (default: the latest) of the run in ``workdir`` as an export.
+
+  The state is restored with :func:`build` from the run's own ``config.json`` and the params
+  go through :func:`core.checkpoint.save_export`, so the export is the one the loop would
+  have written at that step (model config, the task's metadata such as the tokenizer,
+  ``trained_steps``), plus ``configured_steps`` (``train.steps``: more than ``trained_steps``
+  for an unfinished run). ``out`` defaults to ``WORKDIR/export_step<step>``; ``dtype`` to the
+  run's ``train.export_dtype``; ``overwrite`` replaces an existing export there (nothing
+  else is ever replaced). Returns the export's path.
+  """
+  workdir = Path(workdir).absolute()
+  config = run_config(workdir)
+  ckpt_dir = workdir / "checkpoints"
+  if not ckpt_dir.is_dir():
+    raise ckpt_lib.CheckpointError(f"{workdir} has no checkpoints/ directory; train first.")
+  ckpt = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
+  try:
+    steps = ckpt.all_steps()
+    if step is None:
+      if not steps:
+        raise ckpt_lib.CheckpointError(f"{ckpt_dir} holds no checkpoint; train first.")
+      step = steps[-1]
+    elif int(step) not in steps:
+      raise ckpt_lib.CheckpointError(f"no checkpoint of step {step} in {ckpt_dir}; available "
+                                     f"steps: {steps or 'none'}.")
+    step = int(step)
+    dtype = str(dtype or config.train.export_dtype)
+    if dtype not in ckpt_lib.EXPORT_DTYPES:
+      raise ValueError(f"export dtype must be one of {ckpt_lib.EXPORT_DTYPES}, got {dtype!r}.")
+    out = Path(out) if out is not None else workdir / f"export_step{step}"
+    # Before the (slow) restore: the destination must be one an export may be written to.
+    ckpt_lib.check_export_destination(out, kind="dense", overwrite=overwrite, sources=[workdir])
+    task = tasks.build(config)
+    parts = build(config, sharding_lib.make_mesh(config.mesh, devices), task)
+    target = ckpt_lib.abstract_like(parts["abstract_state"], parts["state_shardings"])
+    state, _ = ckpt.restore(step, target)
+  finally:
+    ckpt.close()
+  return ckpt_lib.save_export(
+      out, jax.device_get(state["params"]), model=registry.to_dict(task.model, task.model_cfg),
+      dtype=dtype, overwrite=overwrite, sources=[workdir],
+      extra={**task.export_extra(), "trained_steps": step,
+             "configured_steps": int(config.train.steps)})

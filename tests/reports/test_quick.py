@@ -1,0 +1,90 @@
+"""Every report and every benchmark runs: ``python -m reports.<name> --quick`` and
+``python -m benchmarks.<name> --quick`` in a subprocess (1 CPU device), exit 0, one JSON in
+the common schema, nothing written over committed results. The lists come from the
+directories, so a new script is covered without touching this file, and a broken one fails CI.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.common import RESULT_KEYS, SCHEMA_VERSION
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 300  # each runs in well under a minute alone; headroom for a loaded CI machine
+
+
+def _scripts(package: str) -> list[str]:
+  return sorted(p.stem for p in (ROOT / package).glob("*.py")
+                if p.stem not in ("__init__", "common"))
+
+
+REPORTS = _scripts("reports")
+BENCHMARKS = _scripts("benchmarks")
+
+
+def _snapshot(*dirs):
+  return {p: (p.stat().st_size, p.stat().st_mtime_ns)
+          for d in dirs for p in (ROOT / d).iterdir() if p.is_file()}
+
+
+def _run_quick(module: str, tmp_path: Path) -> None:
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # 1 device, not conftest's 8
+  env.update(JAX_PLATFORMS="cpu", TMPDIR=str(tmp_path),  # --quick writes under TMPDIR
+             PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+  t0 = time.time()
+  proc = subprocess.run([sys.executable, "-m", module, "--quick"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=TIMEOUT_S)
+  print(f"{module} --quick: {time.time() - t0:.1f} s")
+  assert proc.returncode == 0, (f"python -m {module} --quick exited {proc.returncode}\n"
+                                f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}")
+
+
+def _check_record(path: Path, name: str, module: str) -> dict:
+  record = json.loads(path.read_text())
+  missing = [k for k in RESULT_KEYS if k not in record]
+  assert not missing, f"{path} lacks the schema keys {missing}"
+  assert record["schema"] == SCHEMA_VERSION and record["name"] == name
+  assert record["command"] == f"python -m {module} --quick"
+  assert record["platform"] == "cpu" and record["device"].endswith("x1")
+  assert isinstance(record["config"], dict) and record["results"]
+  return record
+
+
+def test_every_script_is_found_and_documents_its_commands():
+  assert {"lamb", "sso", "sso_lm", "adadim"} <= set(REPORTS)
+  assert {"lowbit_matmul", "prefix_attention", "decode_throughput", "gptq_speed",
+          "train_throughput"} <= set(BENCHMARKS)
+  for package, names in (("reports", REPORTS), ("benchmarks", BENCHMARKS)):
+    for name in names:
+      source = (ROOT / package / f"{name}.py").read_text()
+      assert f"python -m {package}.{name} --quick" in source, f"{package}/{name}.py docstring"
+      assert f"python {package}/{name}.py" not in source and "sys.path" not in source, \
+          f"{package}/{name}.py: run it as python -m {package}.{name}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", REPORTS)
+def test_report_quick(name, tmp_path):
+  before = _snapshot("reports")
+  _run_quick(f"reports.{name}", tmp_path)
+  written = list(tmp_path.rglob(f"{name}.json"))
+  assert len(written) == 1, f"expected one {name}.json under the temp dir, got {written}"
+  _check_record(written[0], name, f"reports.{name}")
+  assert (written[0].parent / f"{name}.md").is_file()
+  assert _snapshot("reports") == before, "--quick wrote into reports/"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmark_quick(name, tmp_path):
+  before = _snapshot("benchmarks/results")
+  _run_quick(f"benchmarks.{name}", tmp_path)
+  written = list(tmp_path.rglob(f"{name}_*.json"))
+  assert len(written) == 1, f"expected one {name}_*.json under the temp dir, got {written}"
+  _check_record(written[0], name, f"benchmarks.{name}")
+  assert _snapshot("benchmarks/results") == before, "--quick wrote into benchmarks/results/"
