@@ -28,7 +28,8 @@ For a batch score g nondecreasing in each argument, on that event
 ``{y : rho(R(y)) <= q}`` is the batch prediction set and ``B`` the end of its image under g.
 The rank orderings used here (``rho`` = g applied to the ranks):
 
-* ``"sum"``/``"mean"``: ``rho = r_1 + ... + r_m``. The counts of multisets by rank sum are the
+* ``"sum"``/``"mean"``: ``rho = (#{j : r_j = n+1}, r_1 + ... + r_m)`` in lexicographic order
+  (the paper's rank sum, with configurations that use the bound ``S_(n+1)`` ordered last). The counts of multisets by rank sum are the
   coefficients of the Gaussian binomial ``[n+m choose m]_x`` (exact Python integers), and
   ``B = max sum_j S_(r_j)`` s.t. ``sum_j r_j <= q`` is a knapsack with m items; it is solved exactly
   by a dynamic program over (items, rank sum), pruned with the concave-envelope bound (below).
@@ -38,11 +39,14 @@ The rank orderings used here (``rho`` = g applied to the ranks):
 * a callable ``g`` (vectorized over the last axis, nondecreasing in each argument):
   ``rho = g(ranks)``, and both q and B by enumerating all C(n+m, m) multisets.
 
-Without a finite ``score_bound`` any configuration whose bound is infinite (for the sum: any
-``r_j = n+1``) is ordered after all others (a fixed, data-free refinement of rho, so still
-valid); the set is finite only if the other configurations reach 1 - alpha (for the mean:
-``alpha >= m/(n+m)``). With plain rank-sum ordering it would be infinite for every
-``m >= 2, alpha < 1/2``, since ``(1, ..., 1, n+1)`` has rank sum ``n+m``, below the median.
+Why the bound goes last: without a finite ``score_bound`` a configuration with ``r_j = n+1``
+has an infinite bound, and with plain rank-sum ordering one is always in the level set for
+``m >= 2, alpha < 1/2`` (``(1, ..., 1, n+1)`` has rank sum ``n+m``, below the median), so the set
+would always be infinite. Ordering them last is a fixed, data-free refinement of rho, so still
+valid; the set is finite iff the others reach 1 - alpha (for the mean: ``alpha >= m/(n+m)``).
+With a finite bound far above the scores the same order keeps the bound out while it can
+(plain rank-sum ordering was wider than Bonferroni at n=20, m=2 for a response range of 1).
+For a callable statistic without a bound, configurations where g is infinite go last.
 
 Exact max-sum. ``a_j = r_j - 1``, ``v[a] = S_(a+1)``. Let ``v~`` be the upper concave envelope of
 ``v``. Then ``c v~(R / c)`` bounds the best value of c items with rank budget R, so a partial
@@ -80,9 +84,12 @@ MAX_ENUMERATE = 2_000_000
 
 class RankQuantile(NamedTuple):
   """``q``: the rank quantile (None: only sets containing an infinite bound reach 1 - alpha);
-  ``coverage``: exact ``P(rho(R) <= q)``, or the most a finite set can reach when q is None."""
+  ``coverage``: exact ``P(rho(R) <= q)``, or the most a finite set can reach when q is None;
+  ``tops`` (sum/mean): the level set is every configuration with fewer than ``tops`` ranks at
+  n+1, plus those with exactly ``tops`` whose other ranks sum to at most q."""
   q: int | None
   coverage: fractions.Fraction
+  tops: int = 0
 
 
 # --- the statistics -----------------------------------------------------------------------------
@@ -203,29 +210,47 @@ def _rank_quantile(n: int, m: int, a: fractions.Fraction, statistic, bounded: bo
   if statistic not in ("sum", "mean"):
     raise ValueError(f"rank_quantile has closed forms for 'sum', 'mean', 'max', 'median' and "
                      f"('order', z), not {statistic!r} (a callable goes through enumeration).")
-  k_max = n + 1 if bounded else n
-  top = m * (k_max - 1)                        # largest sum_j (r_j - 1)
-  full = math.comb(k_max - 1 + m, m)           # all m-multisets of {1..k_max}
-  if full < need:
-    return RankQuantile(None, fractions.Fraction(full, total))
+  # Lexicographic order: number of ranks at n+1 first, then the sum of the others. Only when
+  # the configurations avoiding the bound cannot reach 1 - alpha does the set take the bound.
+  before = 0
+  for tops in range(m + 1):
+    c = m - tops
+    mass = math.comb(n - 1 + c, c)             # c-multisets of {1..n}
+    if before + mass >= need:
+      break
+    before += mass
+  if tops > 0 and not bounded:
+    return RankQuantile(None, fractions.Fraction(math.comb(n - 1 + m, m), total), tops)
+  if c == 0:
+    return RankQuantile(0, fractions.Fraction(before + 1, total), tops)
+  q, count = _sum_quantile(n, c, need - before)
+  return RankQuantile(q, fractions.Fraction(before + count, total), tops)
+
+
+def _sum_quantile(k_max: int, c: int, need: int):
+  """Smallest rank sum t (ranks in 1..k_max, c of them) with ``#{sum <= t} >= need``."""
+  top = c * (k_max - 1)                        # largest sum_j (r_j - 1)
+  full = math.comb(k_max - 1 + c, c)
   # The counts are symmetric (r -> k_max + 1 - r), so the lower half gives every cumulative
   # count: #{sum <= t} for t <= top/2 directly, and #{sum <= t} = full - #{sum <= top-t-1}.
   half = top // 2
-  cum = [int(c) for c in np.cumsum(_sum_counts(k_max, m, upto=half))]
+  cum = [int(x) for x in np.cumsum(_sum_counts(k_max, c, upto=half))]
+
   def cdf(t):
     if t < 0:
       return 0
     if t <= half:
       return cum[t]
     return full - (cum[top - t - 1] if top - t - 1 >= 0 else 0)
-  lo, hi = 0, top                              # smallest t with cdf(t) >= need (cdf(top) = full)
+
+  lo, hi = 0, top                              # cdf(top) = full >= need
   while lo < hi:
     mid = (lo + hi) // 2
     if cdf(mid) >= need:
       hi = mid
     else:
       lo = mid + 1
-  return RankQuantile(lo + m, fractions.Fraction(cdf(lo), total))
+  return lo + c, cdf(lo)
 
 
 # --- exact maximum of sum_j v[a_j] subject to sum_j a_j <= budget -------------------------------
@@ -359,9 +384,11 @@ def _enumerate_bound(s_ext: np.ndarray, m: int, a: fractions.Fraction, statistic
   g, rho, _ = _g_rho_flag(statistic, m)
   r = _multisets(n + 1, m)
   key = rho(r.astype(np.float64))
-  flag = np.zeros(len(r), bool)
-  if not bounded:
-    flag = ~np.isfinite(g(np.where(r == n + 1, np.inf, 0.0)))
+  flag = np.zeros(len(r), np.int64)
+  if statistic in ("sum", "mean"):
+    flag = np.sum(r == n + 1, axis=-1)         # ranks at the bound first, as in rank_quantile
+  elif not bounded:
+    flag = (~np.isfinite(g(np.where(r == n + 1, np.inf, 0.0)))).astype(np.int64)
   order = np.lexsort((key, flag))              # flag first, then rho
   need = _need(len(r), a)
   cut = order[need - 1]
@@ -420,11 +447,16 @@ def batch_quantile(cal_scores, m: int, alpha, *, statistic: Statistic = "mean",
     elif _order_index(statistic, m) is not None:
       out = float(s_ext[rq.q - 1])
     else:
-      v = s_ext[: n + 1 if bounded else n]
-      if method == "relaxed":
-        total = relaxed_max_sum(v, m, rq.q - m)
+      c = m - rq.tops                          # ranks below n+1 in the extreme configuration
+      at_bound = rq.tops * bound if rq.tops else 0.0
+      if c == 0:
+        total = at_bound
+      elif method == "relaxed":
+        total = at_bound + relaxed_max_sum(s, c, rq.q - c)
       else:
-        total, _ = max_sum(v, m, rq.q - m)
+        total = at_bound + max_sum(s, c, rq.q - c)[0]
+      if rq.tops > 0:                          # every configuration with one top rank fewer
+        total = max(total, (rq.tops - 1) * bound + (c + 1) * float(s[-1]))
       out = total / m if statistic == "mean" else total
   if math.isinf(out):
     rq_msg = ""
