@@ -32,7 +32,8 @@ The rank orderings used here (``rho`` = g applied to the ranks):
   (the paper's rank sum, with configurations that use the bound ``S_(n+1)`` ordered last). The counts of multisets by rank sum are the
   coefficients of the Gaussian binomial ``[n+m choose m]_x`` (exact Python integers), and
   ``B = max sum_j S_(r_j)`` s.t. ``sum_j r_j <= q`` is a knapsack with m items; it is solved exactly
-  by a dynamic program over (items, rank sum), pruned with the concave-envelope bound (below).
+  by a dynamic program over (items, rank sum), pruned with the concave-envelope bound and run
+  to m/2 items only (meet in the middle: the items are identical; below).
 * ``"max"``: ``rho = max_j r_j``; ``#{max <= k} = C(k+m-1, m)``, ``B = S_(q)``. Simultaneous sets.
 * ``"median"`` and ``("order", z)``: ``rho = r_(z)`` (the z-th smallest rank; the median uses
   ``z = floor(m/2) + 1``), ``#{r_(z) = k} = C(k+z-2, z-1) C(n+m-k-z+1, m-z)``, ``B = S_(q)``.
@@ -323,9 +324,12 @@ def max_sum(v, m: int, budget: int):
   items = idx[keep]
   vals = v[items]
 
-  layers = []
-  prev, plo = np.zeros(1), 0
-  for j in range(1, m + 1):
+  # Layers j = 1..h with h = ceil(m/2); the items are identical, so the best m-item value is
+  # the best split of the budget between layer h and layer m-h (meet in the middle).
+  h = (m + 1) // 2
+  layers = [(0, np.zeros(1))]                  # layers[j] = (smallest sum, best value by sum)
+  prev, plo = layers[0][1], 0
+  for j in range(1, h + 1):
     nlo = plo + int(items[0])
     nhi = min(plo + len(prev) - 1 + int(items[-1]), budget)
     out = np.full(nhi - nlo + 1, -np.inf)
@@ -349,24 +353,42 @@ def max_sum(v, m: int, budget: int):
     if len(nz) == 0:                           # nothing beats the heuristic: it is optimal
       best = max(cands, key=lambda c: math.fsum(v[c]))
       return math.fsum(v[best]), np.sort(best)
-    layers.append((plo, prev))
     prev, plo = out[nz[0]: nz[-1] + 1], nlo + int(nz[0])
+    layers.append((plo, prev))
 
-  s = plo + int(np.argmax(prev))
-  cur, cur_lo = prev, plo
-  chosen = []
-  for prev_lo, prev_arr in reversed(layers):
-    target = cur[s - cur_lo]
-    for it, val in zip(items, vals):
-      p = s - int(it) - prev_lo
-      if 0 <= p < len(prev_arr) and prev_arr[p] + val == target:
-        chosen.append(int(it))
-        s -= int(it)
-        break
-    else:
-      raise AssertionError("max_sum backtracking failed")
-    cur, cur_lo = prev_arr, prev_lo
-  a = np.sort(np.array(chosen))
+  a_lo, a_arr = layers[h]
+  b_lo, b_arr = layers[m - h]
+  pref = np.maximum.accumulate(b_arr)          # best (m-h)-item value with sum <= t
+  arg = np.zeros(len(b_arr), np.int64)         # ... and the sum that attains it
+  better = np.flatnonzero(np.r_[True, b_arr[1:] > pref[:-1]])
+  arg[better] = better
+  arg = np.maximum.accumulate(arg)
+  rest = budget - (a_lo + np.arange(len(a_arr))) - b_lo
+  ok = rest >= 0
+  total = np.full(len(a_arr), -np.inf)
+  total[ok] = a_arr[ok] + pref[np.minimum(rest[ok], len(b_arr) - 1)]
+  i = int(np.argmax(total))
+  s_a = a_lo + i
+  s_b = b_lo + int(arg[min(rest[i], len(b_arr) - 1)])
+
+  def backtrack(j, s):
+    chosen = []
+    while j > 0:
+      cur_lo, cur = layers[j]
+      prev_lo, prev_arr = layers[j - 1]
+      target = cur[s - cur_lo]
+      for it, val in zip(items, vals):
+        p = s - int(it) - prev_lo
+        if 0 <= p < len(prev_arr) and prev_arr[p] + val == target:
+          chosen.append(int(it))
+          s -= int(it)
+          break
+      else:
+        raise AssertionError("max_sum backtracking failed")
+      j -= 1
+    return chosen
+
+  a = np.sort(np.array(backtrack(h, s_a) + backtrack(m - h, s_b)))
   best = max([a] + cands, key=lambda c: math.fsum(v[c]))
   return math.fsum(v[best]), np.sort(best)
 
