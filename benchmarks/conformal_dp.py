@@ -1,4 +1,4 @@
-"""Batch PI bound for the mean: dynamic program vs brute-force enumeration, n up to 10,000, m up to 50.
+"""Batch PI mean bound: dynamic program vs brute-force enumeration, n up to 10,000, m up to 50.
 
     python -m benchmarks.conformal_dp            # -> benchmarks/results/conformal_dp_cpu.json
     python -m benchmarks.conformal_dp --quick    # small grid, printed and written to a temp file

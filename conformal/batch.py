@@ -29,9 +29,10 @@ For a batch score g nondecreasing in each argument, on that event
 The rank orderings used here (``rho`` = g applied to the ranks):
 
 * ``"sum"``/``"mean"``: ``rho = (#{j : r_j = n+1}, r_1 + ... + r_m)`` in lexicographic order
-  (the paper's rank sum, with configurations that use the bound ``S_(n+1)`` ordered last). The counts of multisets by rank sum are the
-  coefficients of the Gaussian binomial ``[n+m choose m]_x`` (exact Python integers), and
-  ``B = max sum_j S_(r_j)`` s.t. ``sum_j r_j <= q`` is a knapsack with m items; it is solved exactly
+  (the paper's rank sum, with configurations that use the bound ``S_(n+1)`` ordered last).
+  The counts of c-multisets of {1..n} by rank sum are the coefficients of the Gaussian
+  binomial ``[n-1+c choose c]_x`` (exact Python integers), and ``B = max sum_j S_(r_j)`` s.t.
+  ``sum_j r_j <= q`` is a knapsack with m identical item types; it is solved exactly
   by a dynamic program over (items, rank sum), pruned with the concave-envelope bound and run
   to m/2 items only (meet in the middle: the items are identical; below).
 * ``"max"``: ``rho = max_j r_j``; ``#{max <= k} = C(k+m-1, m)``, ``B = S_(q)``. Simultaneous sets.
@@ -56,6 +57,14 @@ for a feasible value ``LB``, and an item ``a`` when ``v[a] + (m-1) v~((Q-a)/(m-1
 ranks with equal score only the smallest is kept. What survives is searched exhaustively, so
 the result is the exact maximum (tests compare it with enumeration); the pruning only makes it
 fast on typical scores.
+
+Provenance: the paper's Sections 2-3 were not retrievable as text here; what is above was
+derived from the abstract and checked against the authors' public simulation code (R), which
+computes the order-statistic level ``#{r_(z) = k}`` exactly and, for the mean, maximizes the
+sum of calibration order statistics subject to a rank-sum budget by dynamic programming. (That
+code takes the rank-sum quantile by Monte Carlo over i.i.d. uniform ranks, not over the
+C(n+m, m) equally likely configurations; here it is exact.) The coverage statement is proved
+above from exchangeability alone, and tests check every rule against enumeration.
 
 Baselines (``mean_response_interval``): Bonferroni, the split-conformal threshold at level
 ``alpha/m`` for every test point; partitioning, calibration split into m groups of

@@ -253,10 +253,10 @@ def markdown(p) -> str:
   out += ["", "Without a range, batch PI for the mean is finite iff alpha >= m/(n+m) (the "
           "configurations with a test point above every calibration score have probability "
           "m/(n+m)); Bonferroni needs alpha/m >= 1/(n+1). Batch PI is wider than Bonferroni "
-          "here at: " + (", ".join(wider) if wider else "none") + ". With m = 2 and n >= 100 the "
-          "rank-sum level set lets one test point sit high while the other sits low, and with "
-          "heavy-ish residuals that costs more than Bonferroni's two high order statistics; the "
-          "paper's small-n advantage is the regime of section 1.", "",
+          "here at: " + (", ".join(wider) if wider else "none") + ". The rank-sum level set contains "
+          "pairs with one low and one high rank, and where the residual quantile function is "
+          "convex the knapsack maximum is such an extreme pair, which can exceed Bonferroni's "
+          "single order statistic; the small-n advantage is the regime of section 1.", "",
           "All methods over-cover the mean (about 0.98-1.00 for a 0.90 target): each bounds "
           "every residual, and the mean of m residuals rarely needs the whole allowance.", "",
           "## 3. Simultaneous sets (every test point covered)", "",
