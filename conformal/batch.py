@@ -516,8 +516,9 @@ def mean_response_interval(cal_y, cal_pred, test_pred, *, alpha, method: str = "
 
   ``test_pred`` has shape ``(..., m)``: the last axis is the batch, leading axes are independent
   batches (vectorized). Scores are absolute residuals of any model's predictions. ``y_range =
-  (lo, hi)`` is an a-priori range of the response: the score bound becomes ``hi - lo`` and the
-  interval is clipped to it. ``method``: ``"batch"``, ``"bonferroni"`` or ``"partition"``.
+  (lo, hi)`` is an a-priori range of the response: the score bound becomes the largest
+  ``max(hi - pred, pred - lo)`` over all predictions, and the interval is clipped to the range.
+  ``method``: ``"batch"``, ``"bonferroni"`` or ``"partition"``.
   """
   scores = absolute_residual_scores(cal_y, cal_pred)
   _checks.same_length(cal_y=np.atleast_1d(cal_y), cal_pred=np.atleast_1d(cal_pred))
@@ -528,7 +529,10 @@ def mean_response_interval(cal_y, cal_pred, test_pred, *, alpha, method: str = "
     lo, hi = (float(x) for x in y_range)
     if not lo < hi:
       raise ValueError(f"y_range={y_range} must be (lo, hi) with lo < hi.")
-    bound = max(hi - lo, float(scores.max()))
+    # Every score |y - pred| with y in [lo, hi] is at most max(hi - pred, pred - lo): a bound on
+    # all n + m scores (predictions outside the range included) is all the argument needs.
+    preds = np.concatenate([np.ravel(cal_pred), np.ravel(t)]).astype(np.float64)
+    bound = max(float(np.max(np.maximum(hi - preds, preds - lo))), float(scores.max()))
   a = _checks.alpha_fraction(alpha)
   if method == "batch":
     half = batch_quantile(scores, m, a, statistic="mean", score_bound=bound)

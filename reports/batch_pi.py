@@ -234,9 +234,10 @@ def markdown(p) -> str:
   min_cov = min(r["coverage"] for r in rows)
   out += ["", f"Width ratio batch / Bonferroni at n <= 50: from {min(ratios_small):.3f} to "
           f"{max(ratios_small):.3f} (mean {np.mean(ratios_small):.3f}). Lowest coverage in the "
-          f"table: {min_cov:.3f}. The range of the response (width 1) is what Bonferroni and "
-          "partitioning fall back to when their order statistic does not exist (n too small "
-          "for alpha/m).", "",
+          f"table: {min_cov:.3f}. Where an order statistic does not exist (n too small for "
+          "alpha/m), Bonferroni and partitioning fall back to the score bound "
+          "max(1 - pred, pred - 0) over the predictions, and the interval is clipped to [0, 1].",
+          "",
           "## 2. Unbounded response, no range", "",
           "| n | m | method | coverage | width (inf if any draw infinite) | finite fraction |",
           "|---|---|---|---|---|---|"]
