@@ -8,11 +8,13 @@
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib.util
 from pathlib import Path
 from typing import Sequence
 
+from configs import common
 from core.cli import UsageError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -105,13 +107,11 @@ def list_configs() -> str:
 
 
 def _docstring(path: Path) -> str | None:
-  import ast  # pylint: disable=g-import-not-at-top
   return ast.get_docstring(ast.parse(path.read_text()))
 
 
 def config_help(path: str, config) -> str:
   """Every key with its value in this config and what it means (``configs.common.KEY_DOCS``)."""
-  from configs import common  # pylint: disable=g-import-not-at-top
   docs = common.KEY_DOCS
   doc = (_docstring(Path(path)) or "").strip().splitlines()
   lines = [f"{path}: {doc[0] if doc else ''}", "",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -76,7 +77,6 @@ def prepare_workdir(config, workdir: Path, *, overwrite: bool) -> None:
   if cfg_file.exists() and overwrite and \
       _identity(json.loads(cfg_file.read_text())) != _identity(new):
     logging.warning("--overwrite: deleting the previous run in %s", workdir)
-    import shutil  # pylint: disable=g-import-not-at-top
     for name in ("checkpoints", "checkpoints_superseded", "metrics.jsonl", "tensorboard",
                  "export", RESTORE_RECORD):
       p = workdir / name

@@ -40,6 +40,8 @@ flags.mark_flags_as_required(["config"])
 def main(argv) -> int:
   if len(argv) > 1:
     raise cli.UsageError(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
+  # jax and the loop are imported here, not at the top: --list_configs and --config_help
+  # (handled before flags are parsed) stay instant.
   import jax  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   if f.cpu_devices:  # must precede the first device query

@@ -349,3 +349,12 @@ def test_describe_corpus(cfg, builder):
   info = pipeline.describe_corpus(cfg)
   assert info["file_list_sha256"] == builder.builder_config.manifest.fingerprint
   assert info["num_files"] == MAX_FILES == sum(info["splits"].values())
+
+
+def test_building_the_local_corpus_prints_no_download_noise(tmp_path, capfd):
+  """TFDS's "Downloading and preparing dataset" and progress bars are hidden for the bundled
+  corpus, which downloads nothing; one line says what is being built."""
+  sc.load_builder(str(tmp_path), max_files=3)
+  out, err = capfd.readouterr()
+  assert "Downloading" not in out + err and "Shuffling" not in out + err
+  assert "building the bundled corpus python_stdlib once (3 files" in err

@@ -9,6 +9,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from models import hf_import, registry
+from tests import snapshot
 from models import transformer as T
 from core import checkpoint
 
@@ -61,6 +62,14 @@ def test_round_trip_through_handwritten_safetensors(tmp_path, tied):
   assert registry.from_dict(meta["model"]) == (T, cfg) and meta["tokenizer"] == "byte"
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(exported)):
     np.testing.assert_array_equal(a, b)
+  # --out never replaces the HF directory itself, nor an export without --overwrite.
+  before = snapshot.digest(tmp_path)
+  assert hf_import.main(["--hf", str(tmp_path), "--out", str(tmp_path)]) == 2
+  assert hf_import.main(["--hf", str(tmp_path), "--out", str(tmp_path / "export")]) == 2
+  assert snapshot.digest(tmp_path) == before
+  assert hf_import.main(["--hf", str(tmp_path), "--out", str(tmp_path / "export"),
+                         "--overwrite", "--dtype", "bfloat16"]) == 0
+  assert checkpoint.read_export_metadata(tmp_path / "export")["dtype"] == "bfloat16"
 
 
 @pytest.mark.parametrize("tied,shard", [(False, None), (True, "40KB")])

@@ -80,3 +80,14 @@ def test_eval_only_evaluates_the_newest_checkpoint_and_writes_nothing(data_dir, 
   assert snapshot.digest(tmp_path) == before
   with pytest.raises(ValueError, match="has no checkpoints/ to evaluate"):
     loop.evaluate_checkpoint(config, tmp_path / "empty")
+
+
+def test_memory_plan_is_in_gb_and_says_whether_it_fits():
+  out = {"num_params": 1_000_000, "mesh": {"data": 1, "fsdp": 8, "tensor": 1}, "devices": 8,
+         "global_batch_size": 8, "compile_s": 1.0, "argument_size_in_bytes": 2_000_000_000,
+         "temp_size_in_bytes": 30_000_000_000, "per_device_total_bytes": 33_000_000_000}
+  text = loop.format_memory_plan(out, hbm_bytes=141_000_000_000)
+  assert "train state (params + optimizer) 2.00 GB, temporaries 30.00 GB, total 33.00 GB" in text
+  assert "fits in 141.0 GB per device" in text
+  assert "does not fit in 16.0 GB" in loop.format_memory_plan(out, hbm_bytes=16_000_000_000)
+  assert "fits: unknown" in loop.format_memory_plan(out)
