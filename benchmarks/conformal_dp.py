@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import tempfile
 import time
 
 import numpy as np
 
-from benchmarks.common import write_result
+from benchmarks.common import add_quick_flag, result_path, write_result
 from conformal import batch
 
 ALPHA = 0.1
@@ -70,7 +69,7 @@ def run(grid, dists, seed=0):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--quick", action="store_true", help="small grid, result in a temp file")
+  add_quick_flag(p)
   args = p.parse_args(argv)
   if args.quick:
     grid = [(10, 2), (20, 4), (200, 5)]
@@ -78,7 +77,7 @@ def main(argv=None):
     grid = [(10, 2), (10, 4), (20, 4), (50, 3), (100, 3), (1000, 5), (1000, 10), (1000, 50),
             (10000, 10), (10000, 50)]
   rows = run(grid, list(DISTS))
-  out = tempfile.mkstemp(suffix=".json")[1] if args.quick else None
+  out = result_path("conformal_dp", quick=args.quick)
   path = write_result("conformal_dp", config={"alpha": ALPHA, "grid": grid, "dists": list(DISTS),
                                               "max_enumerate": batch.MAX_ENUMERATE},
                       results=rows, out=out)

@@ -324,9 +324,13 @@ def main(argv=None):
   payload["date"] = datetime.date.today().isoformat()
   payload.update(device_info())
   payload["command"] = command_line()
-  common.write_json(out / "batch_pi.json", payload)
+  common.write_json(out / "batch_pi.json", name="batch_pi", config=cfg,
+                    results={k: v for k, v in payload.items()
+                             if k not in ("config", "date", "command", *device_info())})
   plot(payload, out / "batch_pi.png")
   (out / "batch_pi.md").write_text(markdown(payload))
+  if quick:
+    common.mark_quick(out / "batch_pi.md")
   print("wrote", out / "batch_pi.md", f"({payload['seconds']:.0f} s)")
 
 
