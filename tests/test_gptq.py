@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import gptq_reference as ref
+from tests import gptq_reference as ref  # tests/ is a package (tests/rl, tests/bayes, tests/optim)
 import quant
 from quant import packing
 
