@@ -10,7 +10,7 @@ transition counts ``N(s,a,s')``. ``C* = max_{s,a} d*(s,a) / mu(s,a)`` (``d*`` th
 
 **VI-LCB** (pessimistic value iteration), from ``V = 0``, ``K`` iterations:
 
-    Q(s,a) = r^(s,a) + gamma P^(.|s,a) . V - b(s,a),   b = V_max sqrt(log(2 S A / delta) / (2 N(s,a)))
+    Q(s,a) = r^(s,a) + gamma P^(.|s,a) . V - b(s,a),  b = V_max sqrt(log(2SA/delta) / (2 N(s,a)))
     Q(s,a) = -V_max                                    where N(s,a) = 0  (r^ = 0, b = V_max)
     V(s)   = max(0, max_a Q(s,a))                      (clipped at 0: values are >= 0)
 
@@ -62,13 +62,18 @@ def one_hot_policy(actions: jnp.ndarray, num_actions: int) -> jnp.ndarray:
   return jax.nn.one_hot(actions, num_actions)
 
 
-def policy_q(mdp: TabularMDP, pi: jnp.ndarray) -> jnp.ndarray:
-  """``Q^pi [S, A]`` of a stochastic policy ``pi [S, A]``, by a linear solve."""
-  S = mdp.r.shape[0]
-  r_pi = jnp.sum(pi * mdp.r, axis=1)
-  T_pi = jnp.einsum("sa,sat->st", pi, mdp.P)
-  v = jnp.linalg.solve(jnp.eye(S) - mdp.gamma * T_pi, r_pi)
-  return mdp.r + mdp.gamma * jnp.einsum("sat,t->sa", mdp.P, v)
+# Policy evaluation and occupancies iterate their Bellman/flow equations instead of calling
+# jnp.linalg.solve: batched LU custom calls inside large vmapped programs deadlocked XLA:CPU's
+# two-thread intra-op pool on this machine (both workers parked in LuDecomposition's
+# ParallelBatchMap). gamma^EVAL_ITERS is far below float32 resolution for gamma <= 0.95.
+EVAL_ITERS = 600
+
+
+def policy_q(mdp: TabularMDP, pi: jnp.ndarray, iters: int = EVAL_ITERS) -> jnp.ndarray:
+  """``Q^pi [S, A]`` of a stochastic policy ``pi [S, A]`` (iterated Bellman equation)."""
+  def body(_, q):
+    return mdp.r + mdp.gamma * jnp.einsum("sat,t->sa", mdp.P, jnp.sum(pi * q, 1))
+  return jax.lax.fori_loop(0, iters, body, jnp.zeros_like(mdp.r))
 
 
 def policy_value(mdp: TabularMDP, pi: jnp.ndarray) -> jnp.ndarray:
@@ -85,17 +90,20 @@ def optimal_q(mdp: TabularMDP, iters: int = 1000) -> jnp.ndarray:
 
 
 def optimal_policy(mdp: TabularMDP) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """``(pi* [S], V* [S])``; ``V*`` by the same linear solve as :func:`policy_value`, so that a
-  policy equal to ``pi*`` has a suboptimality of exactly 0, not float noise."""
+  """``(pi* [S], V* [S])``, ``V*`` by :func:`policy_value` of ``pi*``."""
   pi_star = optimal_q(mdp).argmax(1)
   return pi_star, policy_value(mdp, one_hot_policy(pi_star, mdp.r.shape[1]))
 
 
-def occupancy(mdp: TabularMDP, pi: jnp.ndarray) -> jnp.ndarray:
-  """Normalised discounted occupancy ``d(s,a) = (1-gamma) sum_t gamma^t P(s_t=s, a_t=a)``."""
-  S = mdp.r.shape[0]
+def occupancy(mdp: TabularMDP, pi: jnp.ndarray, iters: int = EVAL_ITERS) -> jnp.ndarray:
+  """Normalised discounted occupancy ``d(s,a) = (1-gamma) sum_t gamma^t P(s_t=s, a_t=a)``
+  (iterated flow equation ``d_s = (1-gamma) rho + gamma T_pi^T d_s``)."""
   T_pi = jnp.einsum("sa,sat->st", pi, mdp.P)
-  d_s = (1 - mdp.gamma) * jnp.linalg.solve((jnp.eye(S) - mdp.gamma * T_pi).T, mdp.rho)
+
+  def body(_, d):
+    return (1 - mdp.gamma) * mdp.rho + mdp.gamma * d @ T_pi
+
+  d_s = jax.lax.fori_loop(0, iters, body, mdp.rho)
   return d_s[:, None] * pi
 
 
@@ -198,10 +206,13 @@ def behaviour_cloning(data: Dataset, key=None) -> jnp.ndarray:
   return argmax_random_ties(data.counts.astype(jnp.float32), key)
 
 
-def suboptimality(mdp: TabularMDP, actions: jnp.ndarray, v_star: jnp.ndarray) -> jnp.ndarray:
-  """``J(pi*) - J(pi) = rho . (V* - V^pi)`` for a deterministic policy ``actions [S]``."""
-  pi = one_hot_policy(actions, mdp.r.shape[1])
-  return jnp.dot(mdp.rho, v_star - policy_value(mdp, pi))
+def suboptimality(mdp: TabularMDP, actions: jnp.ndarray, pi_star: jnp.ndarray) -> jnp.ndarray:
+  """``J(pi*) - J(pi) = rho . (V* - V^pi)`` for deterministic policies ``actions``, ``pi_star``
+  (``[S]``). Both are evaluated in one batched call, so a policy equal to ``pi*`` scores exactly
+  0, not float noise."""
+  A = mdp.r.shape[1]
+  v = jax.vmap(lambda a: policy_value(mdp, one_hot_policy(a, A)))(jnp.stack([pi_star, actions]))
+  return jnp.dot(mdp.rho, v[0] - v[1])
 
 
 METHODS = ("vi_lcb", "plugin", "bc")
