@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import gammaln, logsumexp
+from jax.scipy.special import betaln, logsumexp
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,7 +106,9 @@ def bernoulli_mixture_log_prob(k, n) -> jnp.ndarray:
   _check_bernoulli_counts(k, n)
   k = jnp.asarray(k, jnp.float32)
   n = jnp.asarray(n, jnp.float32)
-  return gammaln(k + 1) + gammaln(n - k + 1) - gammaln(n + 2)
+  # betaln rather than three gammaln: the latter cancel ~n log n in float32 (5e-4 off at k=0,
+  # n=1e4); betaln is exact to 1e-6 there. Mid-range k still carries float32 error ~1e-3 at 1e4.
+  return betaln(k + 1, n - k + 1)
 
 
 def bernoulli_ml_log_prob(k, n) -> jnp.ndarray:
