@@ -4,7 +4,8 @@
     tx = optimizer_from_config(config.optim, total_steps=config.train.steps)
 
 Factories take ``(learning_rate_or_schedule, **hparams)``. Most return an
-``optax.GradientTransformation``; ``"sso"`` returns an :class:`optim.sso.SSO` (a train-step
+``optax.GradientTransformation`` (``"sgld"`` too: a Langevin sampler, see
+:mod:`optim.sgld`); ``"sso"`` returns an :class:`optim.sso.SSO` (a train-step
 strategy with ``init``/``step``, not an optax transform; the train loop dispatches on the type).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Callable, Mapping
 import optax
 
 from optim import lamb as lamb_lib
+from optim import sgld as sgld_lib
 from optim import sso as sso_lib
 
 _FACTORIES: dict[str, Callable[..., Any]] = {}
@@ -171,6 +173,9 @@ def _sgd(learning_rate, momentum=0.0, nesterov=False, weight_decay=0.0):
 
 
 register("lamb")(lamb_lib.lamb)
+
+# A sampler, not a minimiser: needs num_data=N; the lr (or schedule) is the Langevin step h.
+register("sgld")(sgld_lib.sgld)
 
 # SSO's "learning rate" is its per-example target-space step eta; returns an optim.sso.SSO.
 register("sso", takes_schedule=False)(sso_lib.make_sso)

@@ -1,0 +1,1 @@
+"""Bayesian mixture predictors (posterior predictive from samples and in closed form)."""

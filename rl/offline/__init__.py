@@ -1,0 +1,1 @@
+"""Offline RL from a fixed dataset: pessimism (LCB) vs plug-in and behaviour cloning."""
