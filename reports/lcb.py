@@ -432,8 +432,9 @@ def main():
   plot_mdp(plt, list(cfg["mdp_ns"]), mdp, out / "lcb_mdp.png")
 
   key_str = lambda rows: {f"C*={c:g}/{m}": v for (c, m), v in rows.items()}
-  common.write_json(out / "lcb.json", {
-      "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+  common.write_json(out / "lcb.json", name="lcb",
+                    config={k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+                    results={
       "c_stars": list(C_STARS), "rare_fractions": list(RARE_FRACTIONS), "seconds": seconds,
       "contextual": key_str(cb_rows), "multi_armed": key_str(mab_rows),
       "multi_armed_fixed_gap": {"gap": FIXED_GAP, "rare_fraction": 0.3,

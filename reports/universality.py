@@ -348,8 +348,10 @@ def main():
   seconds = time.time() - t0
 
   plot(common.pyplot(), bern, lin, logi, out / "universality.png")
-  common.write_json(out / "universality.json", {
-      "config": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in cfg.items()},
+  common.write_json(out / "universality.json", name="universality",
+                    config={k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                            for k, v in cfg.items()},
+                    results={
       "seconds": seconds, "bernoulli": bern, "sgld_moments": moments,
       "linear": {str(k): v for k, v in lin.items()},
       "logistic": {str(k): v for k, v in logi.items()}})

@@ -93,7 +93,7 @@ def test_minibatch_gradients_keep_the_mean():
 
 @pytest.mark.slow  # ~10 s on 2 shared cores
 def test_blackjax_peer_gives_the_same_moments():
-  blackjax = pytest.importorskip("blackjax")  # the `bench` extra
+  import blackjax  # pylint: disable=g-import-not-at-top  (the dev extra: a test peer)
   h = 0.04 * V
 
   def logprior(theta):
