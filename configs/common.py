@@ -28,13 +28,15 @@ def train_config() -> ml_collections.ConfigDict:
   t.export_dtype = "float32"
   t.profile_start = 10
   t.profile_steps = 0  # >0: jax.profiler trace of that many steps into WORKDIR/profile
+  t.snapshot_start = 0  # >0: from this step on, keep parameter snapshots (e.g. SGLD samples)
+  t.snapshot_every = 0  # >0: one snapshot every this many steps into WORKDIR/samples/
   return t
 
 
 def optim_config() -> ml_collections.ConfigDict:
   """Generic optimizer fields; a sub-section per optimizer holds its own (train/optimizer.py)."""
   o = ml_collections.ConfigDict()
-  o.name = "adamw"  # adamw | lamb | sgd | sso (optim/registry.py)
+  o.name = "adamw"  # adamw | lamb | sgd | sso | sgld (optim/registry.py)
   o.lr = 1e-3
   o.schedule = "cosine"  # cosine | poly | constant, after linear warmup
   o.warmup_steps = 100
@@ -53,6 +55,12 @@ def optim_config() -> ml_collections.ConfigDict:
   o.sso.m = 4  # inner steps per expensive target-space gradient
   o.sso.eta = 1.0  # per-token target-space step on the logits; softmax CE is 1/2-smooth, so <= 2
   o.sso.eta_schedule = "constant"  # constant | inv_sqrt
+  o.sgld = ml_collections.ConfigDict()
+  o.sgld.num_data = ml_collections.config_dict.placeholder(int)  # N; required for sgld
+  o.sgld.temperature = 1.0
+  o.sgld.preconditioner = ml_collections.config_dict.placeholder(str)  # None | rmsprop
+  o.sgld.seed = 0
+  o.sgld.prior_std = ml_collections.config_dict.placeholder(float)  # None: flat prior
   return o
 
 
@@ -137,8 +145,11 @@ KEY_DOCS = {
     "train.export_dtype": "dtype of the exported params (float32 | bfloat16)",
     "train.profile_start": "first step of the jax.profiler trace",
     "train.profile_steps": "steps to trace into WORKDIR/profile (0: no trace)",
+    "train.snapshot_start": "first step whose params may be kept as a snapshot (burn-in)",
+    "train.snapshot_every": "keep the params every this many steps from snapshot_start on, as "
+                            "exports in WORKDIR/samples/ (SGLD samples, ensembles); 0: off",
     # optim
-    "optim.name": "adamw | lamb | sgd | sso (optim/registry.py)",
+    "optim.name": "adamw | lamb | sgd | sso | sgld (optim/registry.py)",
     "optim.lr": "peak learning rate",
     "optim.schedule": "cosine | poly | constant, after a linear warmup",
     "optim.warmup_steps": "linear warmup from 0 to lr (must be < train.steps)",
@@ -155,6 +166,12 @@ KEY_DOCS = {
     "optim.sso.m": "SSO: cheap steps per expensive target-space gradient",
     "optim.sso.eta": "SSO: per-example target-space step (softmax CE is 1/2-smooth: <= 2)",
     "optim.sso.eta_schedule": "SSO: constant | inv_sqrt",
+    "optim.sgld.num_data": "SGLD: N, the training examples (tokens for an LM); the mean "
+                           "gradient is scaled by N to match the Langevin noise",
+    "optim.sgld.temperature": "SGLD: T (1 samples the posterior, 0 is gradient descent)",
+    "optim.sgld.preconditioner": "SGLD: None, or rmsprop (pSGLD)",
+    "optim.sgld.seed": "SGLD: seed of the Langevin noise (kept in the optimizer state)",
+    "optim.sgld.prior_std": "SGLD: std of a Gaussian prior on every parameter (None: flat)",
     # mesh
     "mesh.data": "data-parallel mesh axis size (-1: the remaining devices)",
     "mesh.fsdp": "FSDP axis size: params and optimizer state sharded, batch split too",

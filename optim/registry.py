@@ -175,7 +175,18 @@ def _sgd(learning_rate, momentum=0.0, nesterov=False, weight_decay=0.0):
 register("lamb")(lamb_lib.lamb)
 
 # A sampler, not a minimiser: needs num_data=N; the lr (or schedule) is the Langevin step h.
-register("sgld")(sgld_lib.sgld)
+@register("sgld")
+def _sgld(learning_rate, num_data, temperature=1.0, preconditioner=None, seed=0, prior_std=None):
+  """SGLD / pSGLD (:mod:`optim.sgld`); ``prior_std``: a Gaussian prior ``N(0, prior_std^2 I)``,
+  whose ``-log p(theta) / N`` gradient joins the per-datum potential as weight decay
+  ``1 / (N prior_std^2)``. None: a flat prior."""
+  tx = sgld_lib.sgld(learning_rate, num_data=num_data, temperature=temperature,
+                     preconditioner=preconditioner, seed=seed)
+  if prior_std is None:
+    return tx
+  if not prior_std > 0:
+    raise ValueError(f"prior_std={prior_std} must be > 0 (None: a flat prior).")
+  return optax.chain(optax.add_decayed_weights(1.0 / (num_data * prior_std**2)), tx)
 
 # SSO's "learning rate" is its per-example target-space step eta; returns an optim.sso.SSO.
 register("sso", takes_schedule=False)(sso_lib.make_sso)

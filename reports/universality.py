@@ -15,7 +15,10 @@ approximate that mixture. Here:
     regression (exact predictive by quadrature on a grid): test log-loss of the SGLD and pSGLD
     mixtures (``optim.sgld``, ``bayes.mixture``) against the exact posterior predictive and
     against the MAP plug-in;
-(c) lm_tiny ensembles: pending (the train loop is being refactored).
+(c) language models on the bundled corpus: one AdamW model vs a deep ensemble vs an SGLD
+    mixture at equal compute, three model sizes (``reports/universality_lm.py``, trained through
+    ``train/``; skipped by ``--quick``, which ``python -m reports.universality_lm --quick``
+    covers).
 
 Also the SGLD moment check on a Gaussian posterior (ours, pSGLD, blackjax's sgld if installed).
 Every number in universality.md comes from this run.
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 import datetime
 import math
+import pathlib
+import tempfile
 import time
 
 import jax
@@ -35,6 +40,7 @@ from scipy.special import gammaln
 from bayes import mixture as mx
 from optim.sgld import sgld
 from reports import common
+from reports import universality_lm
 
 FULL = dict(
     bern_ns=np.unique(np.round(np.geomspace(1, 10_000, 40)).astype(int)),
@@ -345,6 +351,11 @@ def main():
   lin = linear_part(cfg)
   print("(b) logistic regression", flush=True)
   logi = logistic_part(cfg)
+  lm_cfg = universality_lm.FULL
+  lm = None
+  if not args.quick:
+    with tempfile.TemporaryDirectory(prefix="effijax-universality-lm-") as d:
+      lm = universality_lm.run(lm_cfg, pathlib.Path(d))
   seconds = time.time() - t0
 
   plot(common.pyplot(), bern, lin, logi, out / "universality.png")
@@ -354,7 +365,7 @@ def main():
                     results={
       "seconds": seconds, "bernoulli": bern, "sgld_moments": moments,
       "linear": {str(k): v for k, v in lin.items()},
-      "logistic": {str(k): v for k, v in logi.items()}})
+      "logistic": {str(k): v for k, v in logi.items()}, "language_models": lm})
 
   command = "python -m reports.universality" + (" --quick" if args.quick else "")
   ns = bern["n"]
@@ -469,11 +480,9 @@ def main():
       f"n={min(logi)} and {dmean(logi_last, 'sgld', 'exact'):+.4f} at n={max(logi)}; MAP - exact "
       f"= {dmean(logi_first, 'map', 'exact'):+.4f} and {dmean(logi_last, 'map', 'exact'):+.4f}.",
       "",
-      "## (c) lm_tiny ensembles",
-      "",
-      "Pending: the train loop is being refactored; the SGLD sample collection in "
-      "`train/main.py --config.optim.name=sgld` and the lm_tiny ensemble part come after it "
-      "lands (`sgld` is already registered in `optim/registry.py`).",
+      *(universality_lm.markdown(lm, lm_cfg) if lm is not None else [
+          "## (c) Language models", "",
+          "Skipped by `--quick`; `python -m reports.universality_lm --quick` runs it small."]),
       "",
       "## What was checked against the paper",
       "",

@@ -78,7 +78,7 @@ def prepare_workdir(config, workdir: Path, *, overwrite: bool) -> None:
       _identity(json.loads(cfg_file.read_text())) != _identity(new):
     logging.warning("--overwrite: deleting the previous run in %s", workdir)
     for name in ("checkpoints", "checkpoints_superseded", "metrics.jsonl", "tensorboard",
-                 "export", RESTORE_RECORD):
+                 "export", "samples", RESTORE_RECORD):
       p = workdir / name
       if p.is_dir():
         shutil.rmtree(p)
@@ -277,6 +277,9 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
   for key in ("log_every", "eval_every", "checkpoint_every"):
     if int(config.train[key]) < 1:
       raise ValueError(f"train.{key}={config.train[key]} must be >= 1.")
+  for key in ("snapshot_start", "snapshot_every"):
+    if int(config.train.get(key, 0)) < 0:
+      raise ValueError(f"train.{key}={config.train[key]} must be >= 0 (0: no snapshots).")
   check_workdir(config, workdir, overwrite=overwrite)
   gbs = int(config.train.global_batch_size)
   local_bs = gbs // jax.process_count()
@@ -344,6 +347,8 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
   prof_end = prof_start + int(config.train.profile_steps)
   log_every, eval_every = int(config.train.log_every), int(config.train.eval_every)
   ckpt_every = int(config.train.checkpoint_every)
+  snap_start = int(config.train.get("snapshot_start", 0))
+  snap_every = int(config.train.get("snapshot_every", 0))
   last_train, last_eval = {}, {}
   pending = []  # device metrics not yet fetched: fetching syncs, so it happens at log steps
   status = "complete"
@@ -392,6 +397,9 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
         last_eval = eval_now()
         writer.write(step, last_eval)
         say(f"step {step} | {task.describe_eval(last_eval)}")
+      if snap_every and step >= snap_start and (step - snap_start) % snap_every == 0:
+        flush_pending()  # never keep a non-finite sample
+        _snapshot(workdir, task, state, step)
       stop_now = (stop_after is not None and step >= stop_after) or preempted["flag"] or \
           ckpt.reached_preemption(step)
       if step % ckpt_every == 0 or step == total_steps or stop_now:
@@ -420,6 +428,25 @@ def train_and_evaluate(config, workdir: str | Path, *, overwrite: bool = False, 
   if step >= total_steps:
     _export(config, workdir, task, state, step, say)
   return {"step": step, "status": status, **last_train, **last_eval}
+
+
+SAMPLES = "samples"  # WORKDIR/samples/step_<N>: parameter snapshots, each an export
+
+
+def _snapshot(workdir: Path, task, state, step: int) -> Path:
+  """The params at ``step`` as an export in ``WORKDIR/samples/step_<step>`` (a resumed run
+  that redoes the step writes the same params again, so replacing it is safe)."""
+  return ckpt_lib.save_export(workdir / SAMPLES / f"step_{step:08d}",
+                              jax.device_get(state["params"]),
+                              model=registry.to_dict(task.model, task.model_cfg),
+                              dtype="float32", extra={**task.export_extra(), "trained_steps": step},
+                              overwrite=True)
+
+
+def snapshots(workdir: str | Path) -> list[Path]:
+  """The parameter snapshots a run kept (``train.snapshot_every``), oldest first."""
+  d = Path(workdir) / SAMPLES
+  return sorted(p for p in d.glob("step_*") if ckpt_lib.is_export(p)) if d.is_dir() else []
 
 
 def _restore_step(config, workdir: Path, ckpt, say) -> int | None:

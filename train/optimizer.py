@@ -78,6 +78,10 @@ def make_optimizer(optim_cfg, total_steps: int):
                        f"{[n for n in registry.available() if n != 'sso']}.")
     steps = total_steps * sso.m  # the inner optimizer's schedule counts inner steps
   cfg = _registry_cfg(optim_cfg, name)
+  if name == "sgld" and cfg.get("num_data") is None:
+    raise ValueError("optim.name='sgld' needs --config.optim.sgld.num_data=N, the number of "
+                     "training examples the mean gradient stands for (tokens, for a language "
+                     "model): the Langevin noise is matched to it.")
   _check_schedule(cfg, total_steps, steps)
   tx = registry.optimizer_from_config(cfg, total_steps=steps)
   schedule = registry.schedule_from_config(
