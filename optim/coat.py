@@ -148,6 +148,22 @@ def quantize_groups(x, *, fmt: str = "e4m3", group_size: int = 128,
                    dtype=jnp.dtype(x.dtype).name)
 
 
+def zeros_groups(shape, *, fmt: str = "e4m3", group_size: int = 128, expand: bool = True,
+                 dtype=jnp.float32) -> Fp8Groups:
+  """``quantize_groups(jnp.zeros(shape, dtype), ...)`` built directly (optimizer ``init``: no
+  quantizer to trace per leaf)."""
+  fp8 = _check_format(fmt)
+  group_size = _check_group_size(group_size)
+  meta = tuple(shape[:-1]) + (-(-shape[-1] // group_size),) if shape else (1,)
+  full = lambda v: jnp.full(meta, v, jnp.float32)
+  if expand:  # max = min = 1e-30: R = 1, k = K_MAX, c = 1e-30, scale = 1 / F
+    scale, k, c = full(1.0 / float(jnp.finfo(fp8).max)), full(K_MAX), full(QUANT_MIN)
+  else:
+    scale, k, c = full(1.0), None, None
+  return Fp8Groups(q=jnp.zeros(shape, fp8), scale=scale, k=k, sqrt_minmax=c,
+                   group_size=group_size, dtype=jnp.dtype(dtype).name)
+
+
 def dequantize_groups(g: Fp8Groups) -> jax.Array:
   """Decodes :class:`Fp8Groups` back to an array of the original shape and dtype."""
   y = _to_groups(g.q.astype(jnp.float32), g.group_size) * g.scale[..., None]
@@ -204,7 +220,11 @@ def scale_by_coat_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
 
   def init_fn(params):
     def zeros(fmt):
-      return lambda p: encode(jnp.zeros(jnp.shape(p), jnp.float32), fmt, p)
+      def leaf(p):
+        if quantized(p):
+          return zeros_groups(jnp.shape(p), fmt=fmt, group_size=group_size, expand=expand)
+        return jnp.zeros(jnp.shape(p), jnp.float32)
+      return leaf
     return ScaleByCoatAdamState(count=jnp.zeros([], jnp.int32),
                                 mu=jax.tree.map(zeros(m_format), params),
                                 nu=jax.tree.map(zeros(v_format), params))

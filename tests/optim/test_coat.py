@@ -113,6 +113,17 @@ def test_zero_single_nonzero_and_huge_groups_stay_finite(expand, fmt):
   np.testing.assert_allclose(y[4, :64], 1e30, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(), (5,), (3, 300)])
+@pytest.mark.parametrize("expand", [True, False])
+def test_zeros_groups_is_the_encoding_of_zeros(shape, expand):
+  want = quantize_groups(jnp.zeros(shape), fmt="e5m2", group_size=128, expand=expand)
+  got = coat.zeros_groups(shape, fmt="e5m2", group_size=128, expand=expand)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a, np.float32),
+                                                          np.asarray(b, np.float32)), got, want)
+  assert all(a.dtype == b.dtype for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+
+
 def test_partial_last_group_and_odd_shapes_round_trip():
   rng = np.random.default_rng(3)
   for shape, gs in [((), 128), ((5,), 128), ((3, 7, 130), 64), ((129,), 1)]:
