@@ -229,6 +229,16 @@ def test_fp8_states_track_adamw_and_are_small():
   assert coat.state_nbytes(jax.eval_shape(tx.init, params)) == want
 
 
+def test_readme_coat_snippet_runs():
+  from tests.readme_snippets import python_blocks  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  blocks = python_blocks(pathlib.Path(__file__).parents[2] / "README.md",
+                         "### FP8 optimizer states: COAT (`optim/coat.py`)")
+  assert blocks, "README lost its COAT section"
+  for code in blocks:
+    exec(compile(code, "README.md", "exec"), {})  # pylint: disable=exec-used
+
+
 def test_registry_and_optax_tree_map_params():
   tx = registry.get_optimizer("coat_adamw", 1e-3, weight_decay=0.1,
                               exclude_from_weight_decay=(r"(^|/)b$",))
