@@ -119,6 +119,8 @@ KEY_DOCS = {
     "model.dtype": "compute dtype of activations and matmul inputs (float32 | bfloat16)",
     "model.param_dtype": "dtype the parameters are stored and updated in",
     "model.remat": "rematerialize each block in the backward pass (memory for FLOPs)",
+    "model.fp8_activations": "COAT: keep activations for the backward pass in FP8 E4M3 "
+                             "(linear inputs per-tensor, norm/SwiGLU inputs per 1x16 group)",
     "model.image_size": "input images are image_size x image_size",
     "model.in_channels": "input image channels",
     "model.num_classes": "classifier outputs",
