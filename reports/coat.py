@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from configs import lm_1b, lm_tiny
+from configs import lm_1b, lm_small, lm_tiny
 from core import checkpoint as ckpt_lib
 from core import sharding
 from models import registry as model_registry
@@ -110,6 +110,37 @@ def train(name: str, settings: dict, workdir: pathlib.Path) -> dict:
           "final": out["eval_loss"], "seconds": time.time() - t0}
 
 
+# --- activations ----------------------------------------------------------------------------
+
+# (label, config module, overrides): the compiled train step with fp8_activations off and on.
+ACT_MODELS = (("lm_tiny, batch 16 x 256", lm_tiny, {}),
+              ("lm_small, batch 32 x 256", lm_small, {}))
+ACT_QUICK = (("lm_tiny 1 layer, batch 4 x 32", lm_tiny,
+              dict(n_layers=1, seq_len=32, global_batch_size=4)),)
+
+
+def activations(models=ACT_MODELS) -> dict:
+  """XLA's memory analysis of the compiled train step (1 CPU device, remat off)."""
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  out = {}
+  for label, module, overrides in models:
+    row = {}
+    for fp8 in (False, True):
+      c = module.get_config()
+      c.model.remat = False
+      c.model.fp8_activations = fp8
+      c.model.n_layers = overrides.get("n_layers", c.model.n_layers)
+      c.data.seq_len = overrides.get("seq_len", c.data.seq_len)
+      c.train.global_batch_size = overrides.get("global_batch_size", c.train.global_batch_size)
+      plan = loop.compile_only(c, mesh)
+      row["fp8" if fp8 else "off"] = {k: plan[k] for k in ("temp_size_in_bytes",
+                                                          "argument_size_in_bytes")}
+    row["ratio_off_over_fp8"] = (row["off"]["temp_size_in_bytes"]
+                                 / row["fp8"]["temp_size_in_bytes"])
+    out[label] = row
+  return out
+
+
 # --- numerics -------------------------------------------------------------------------------
 
 
@@ -180,11 +211,18 @@ def main(argv=None):
   parser = common.arg_parser(__doc__)
   parser.add_argument("--from-json", action="store_true",
                       help="re-render the report from coat.json in --out-dir (default reports/)")
+  parser.add_argument("--activations-only", action="store_true",
+                      help="recompute only the FP8-activation memory section into coat.json")
   args = parser.parse_args(argv)
   out = common.out_dir(args)
   settings = QUICK if args.quick else SETTINGS
-  if args.from_json:
-    results = json.loads((out / "coat.json").read_text())["results"]
+  if args.from_json or args.activations_only:
+    record = json.loads((out / "coat.json").read_text())
+    results = record["results"]
+    if args.activations_only:
+      results["activations"] = activations(ACT_QUICK if args.quick else ACT_MODELS)
+      common.write_json(out / "coat.json", name="coat", results=results,
+                        config=record["config"])
   else:
     # --quick: lm_tiny's shapes (building lm_1b's abstract model takes a while on a busy CPU).
     results = {"memory": memory(lm_tiny if args.quick else lm_1b)}
@@ -196,8 +234,10 @@ def main(argv=None):
         print(f"{label}: final val loss {results['quality'][label]['final']:.4f} "
               f"({results['quality'][label]['seconds']:.0f} s)", flush=True)
       results["numerics"] = numerics(pathlib.Path(tmp) / "adamw", settings)
+    results["activations"] = activations(ACT_QUICK if args.quick else ACT_MODELS)
     common.write_json(out / "coat.json", name="coat", results=results, config={
-        "memory_model": f"configs/{results['memory']['model']}.py", "quality_model": "configs/lm_tiny.py",
+        "memory_model": f"configs/{results['memory']['model']}.py",
+        "quality_model": "configs/lm_tiny.py",
         **settings, "lr": lm_tiny.get_config().optim.lr, "min_size": MIN_SIZE,
         "variants": [dict(label=l, optim=n) for l, n in VARIANTS],
         "codecs": {k: dict(zip(("fmt", "group_size", "expand"), v)) for k, v in CODECS.items()},
@@ -264,7 +304,8 @@ def write_report(results: dict, out: pathlib.Path):
   lines += ["## Numerics: quantization error of real moments", "",
             f"`{cmd}`: AdamW's m and v from the quality run above, every leaf of >= {MIN_SIZE} "
             "elements. rel L2 = ||x^ - x|| / ||x||; mean rel = mean over nonzero entries of "
-            "|x^ - x| / |x|; flushed = fraction of nonzero entries decoded as 0. Group range = max|x| / "
+            "|x^ - x| / |x|; flushed = fraction of nonzero entries decoded as 0. Group range = "
+            "max|x| / "
             "min nonzero |x| over groups of 128 (median, 90th percentile).", ""]
   for step, r in results["numerics"].items():
     lines += [f"### step {step} ({r['elements']:,} elements)", "",
@@ -279,6 +320,20 @@ def write_report(results: dict, out: pathlib.Path):
                    f"{m['flushed_to_zero']:.1e} | {v['rel_l2']:.2e} | {v['mean_rel']:.2e} | "
                    f"{v['flushed_to_zero']:.1e} |")
     lines.append("")
+  if "activations" in results:
+    lines += ["## FP8 activations: compiled train-step temporaries", "",
+              "`python -m reports.coat --activations-only` (XLA memory analysis of the compiled "
+              "train step on 1 CPU device, remat off, AdamW; `model.fp8_activations` keeps "
+              "linear inputs in per-tensor E4M3 and RMSNorm/SwiGLU inputs in 1x16-group E4M3 "
+              "for the backward pass, models/fp8_act.py).", "",
+              "| model | temporaries off | temporaries fp8 | off / fp8 |", "|---|---:|---:|---:|"]
+    for label, r in results["activations"].items():
+      lines.append(f"| {label} | {r['off']['temp_size_in_bytes']:,} | "
+                   f"{r['fp8']['temp_size_in_bytes']:,} | {r['ratio_off_over_fp8']:.3f}x |")
+    lines += ["", "The target (>= 1.5x smaller on lm_1b) is not met: the dense attention of "
+              "models/attention.py materializes [B, H, T, T] scores and probabilities in f32 "
+              "for the backward pass, which dominate the temporaries at these shapes and which "
+              "COAT avoids with FlashAttention, not with FP8; lm_1b was not compiled here.", ""]
   last = results["numerics"][str(max(int(s) for s in results["numerics"]))]
   ratio = lambda part: (last[part]["E4M3 absmax, G=128"]["mean_rel"]
                         / last[part]["E4M3 COAT expansion, G=128"]["mean_rel"])
@@ -297,8 +352,10 @@ def write_report(results: dict, out: pathlib.Path):
             "a difference of this size is within what another seed or data order moves, so the "
             "claim is 'no measurable loss', not 'better'. The AdamW curve is the one of "
             "reports/sso_lm.md (same settings), a check that this run is the repo's baseline.",
-            "- FP8 activations (the issue's part 3: `fp8_activations`, compiled temporaries) "
-            "are not implemented yet."]
+            "- FP8 activations: implemented (gradients within 8% relative L2 of the exact ones "
+            "on the real model, tests/models/test_fp8_act.py), but the compiled temporaries "
+            "barely shrink (table above) while attention is dense; quality with FP8 "
+            "activations was not trained here."]
   (out / "coat.md").write_text("\n".join(lines) + "\n")
   print("wrote", out / "coat.md")
 
