@@ -334,7 +334,8 @@ def write_report(results: dict, out: pathlib.Path):
     lines.append("")
   if "activations" in results:
     lines += ["## FP8 activations: compiled train-step temporaries", "",
-              "`python -m reports.coat --activations-only` (XLA memory analysis of the compiled "
+              "`python -m reports.coat` (this section alone: `--activations-only`; XLA memory "
+              "analysis of the compiled "
               "train step on 1 CPU device, remat off, AdamW; `model.fp8_activations` keeps "
               "linear inputs in per-tensor E4M3 and RMSNorm/SwiGLU inputs in 1x16-group E4M3 "
               "for the backward pass, models/fp8_act.py).", "",
