@@ -29,7 +29,6 @@ import argparse
 
 import numpy as np
 
-from benchmarks.common import add_quick_flag, result_path, write_result
 from data import bucketing as bk
 
 
@@ -78,6 +77,9 @@ def run(num_examples: int, max_duration: float, seed: int, num_buckets: int = 30
 
 
 def main(argv=None):
+  # imported here: it pulls in jax; scripts/compare_lhotse_sampler.py imports this module from
+  # a venv with lhotse and without jax
+  from benchmarks.common import add_quick_flag, result_path, write_result  # pylint: disable=import-outside-toplevel
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   add_quick_flag(p)
   p.add_argument("--num-examples", type=int, default=50_000)
