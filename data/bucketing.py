@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -239,8 +240,19 @@ def batch_sizes_for_max_duration(grid: BucketGrid, max_duration: float,
 
 
 def _batch_sizes(spec, k: int) -> list[int]:
-  if isinstance(spec, str):
-    spec = json.loads(spec)
+  if isinstance(spec, (str, os.PathLike)):
+    text = str(spec).strip()
+    if not text.startswith(("{", "[")):  # a path to the OOMptimizer's JSON file
+      if not os.path.isfile(text):
+        raise ValueError(f"batch_sizes file {text} does not exist; pass a list, a dict, JSON "
+                         "text or the path of the OOMptimizer's bucket_batch_sizes JSON")
+      with open(text, encoding="utf-8") as f:
+        text = f.read()
+    try:
+      spec = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"batch_sizes is not valid JSON ({e}); expected a list of {k} "
+                       "positive integers or {\"bucket_batch_sizes\": [...]}") from None
   if isinstance(spec, Mapping):
     if "bucket_batch_sizes" in spec:
       return _batch_sizes(spec["bucket_batch_sizes"], k)
@@ -257,6 +269,9 @@ def _batch_sizes(spec, k: int) -> list[int]:
 
 class BucketedBatches:
   """This process's batches of example indices, synchronized across processes, resumable.
+
+  ``batch_sizes``: per bucket, as a list, a ``{bucket: size}`` dict, JSON text, or the path of
+  a JSON file (a list, such a dict, or ``{"bucket_batch_sizes": [...]}``).
 
   Each batch is a dict: ``bucket``, ``indices`` (int64, length = the bucket's batch size;
   -1 marks padding rows of a final partial batch), ``mask`` (indices >= 0), ``max_duration``

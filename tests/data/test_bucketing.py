@@ -186,6 +186,16 @@ def test_resume_is_exact_across_epochs():
       assert (a["indices"] == b["indices"]).all()
 
 
+def test_batch_sizes_from_oomptimizer_json(tmp_path):
+  d = np.array([1.0, 2.0, 3.0, 4.0])
+  t = np.array([3, 6, 9, 12])
+  grid = bk.BucketGrid((2.0, 4.0), (6, 12))
+  path = tmp_path / "sizes.json"
+  path.write_text(json.dumps({"bucket_batch_sizes": [2, 1]}))
+  for spec in (str(path), path, "[2, 1]", {"1": 1, "0": 2}, [2, 1]):
+    assert bk.BucketedBatches(d, t, grid, batch_sizes=spec).batch_sizes == [2, 1]
+
+
 def test_too_long_drop_or_error_and_bad_args():
   d = np.array([1.0, 2.0, 3.0, 4.0, 50.0])
   t = np.array([3, 6, 9, 12, 150])
@@ -198,6 +208,10 @@ def test_too_long_drop_or_error_and_bad_args():
     bk.BucketedBatches(d, t, grid)
   with pytest.raises(ValueError, match="every bucket"):
     bk.BucketedBatches(d, t, grid, batch_sizes={0: 2})
+  with pytest.raises(ValueError, match="does not exist"):
+    bk.BucketedBatches(d, t, grid, batch_sizes="/nonexistent/sizes.json")
+  with pytest.raises(ValueError, match="not valid JSON"):
+    bk.BucketedBatches(d, t, grid, batch_sizes="[1, 2")
   with pytest.raises(ValueError, match="cannot hold one example"):
     bk.batch_sizes_for_max_duration(grid, 3.0)
   with pytest.raises(ValueError, match="different setup"):
