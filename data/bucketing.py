@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -291,8 +292,9 @@ class BucketedBatches:
                        "JSON) or max_duration (seconds per batch)")
     if too_long not in ("drop", "error"):
       raise ValueError(f"too_long must be 'drop' or 'error', got {too_long!r}")
-    if not (isinstance(num_processes, int) and num_processes >= 1
-            and isinstance(process_index, int) and 0 <= process_index < num_processes):
+    if not (isinstance(num_processes, (int, np.integer)) and num_processes >= 1
+            and isinstance(process_index, (int, np.integer))
+            and 0 <= process_index < num_processes):
       raise ValueError(f"need num_processes >= 1 and 0 <= process_index < num_processes, got "
                        f"{num_processes}, {process_index}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -317,7 +319,7 @@ class BucketedBatches:
       raise ValueError("no bucket holds one full global batch (batch size x num_processes); "
                        "lower the batch sizes or pass drop_remainder=False")
     self._seed, self._shuffle, self._num_epochs = int(seed), shuffle, num_epochs
-    self._rank, self._n = process_index, d.size
+    self._rank, self._n = int(process_index), d.size
     self._epoch, self._step = 0, 0
     self._taken = np.zeros(grid.num_buckets, dtype=np.int64)
     self._orders_epoch, self._orders = None, None
@@ -352,6 +354,17 @@ class BucketedBatches:
     self._taken[k] += 1
     self._step += 1
     return batch
+
+  def static_shapes(self, sample_rate: int = 16_000) -> list[dict[str, int]]:
+    """One padded shape per bucket (what compiles): this process's batch size, audio samples
+    ceil(max_duration x sample_rate) and output tokens; the OOMptimizer's search space."""
+    if not isinstance(sample_rate, int) or sample_rate <= 0:
+      raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+    return [{"bucket": k, "batch_size": b,
+             # round first: 4.0 s x 16 kHz must give 64000 samples, not 64001 from float noise
+             "num_samples": math.ceil(round(dmax * sample_rate, 6)), "max_tokens": tmax}
+            for k, (b, dmax, tmax) in enumerate(zip(self.batch_sizes, self.grid.max_duration,
+                                                    self.grid.max_tokens))]
 
   def get_state(self) -> dict[str, Any]:
     """JSON-safe; save it with the checkpoint."""
