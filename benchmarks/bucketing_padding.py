@@ -16,9 +16,11 @@ same ``--max-duration`` budget of padded seconds per batch:
   (bucket max duration, most tokens in the bucket), B_k = floor(budget / dmax_k);
 * ``2d``: NeMo-style duration x token bins (``estimate_2d_bins``), static shapes, same B_k rule.
 
-Each bucketed method runs twice: the last partial batch of every bucket padded with empty rows
-(counted as padding: with static shapes they cost compute), and ``_drop_tail`` (those examples
-left out of this epoch, ``tail_dropped``; a reshuffle picks other ones next epoch). ``dropped``
+Each bucketed method runs three times, by what happens to each bucket's last partial batch:
+``_pad``: padded with empty rows (counted as padding: with static shapes they cost compute);
+``_carry`` (the default): moved into the next bucket whose shape holds it, so only buckets with
+no such successor pad; ``_drop``: left out of this epoch (``tail_dropped``; a reshuffle picks
+other examples next epoch). ``dropped``
 counts examples outside every bucket and the TPS outliers (2D only).
 
 Bins are estimated on the same examples they batch (as lhotse's first 10,000 cuts would be).
@@ -64,12 +66,12 @@ def run(num_examples: int, max_duration: float, seed: int, num_buckets: int = 30
   grids = {"1d": bk.estimate_1d_grid(d, t, num_buckets),
            "2d": bk.estimate_2d_bins(d, t, num_buckets, num_subbuckets)}
   for name, grid in grids.items():
-    for drop_tail in (False, True):
+    for remainder in ("pad", "carry", "drop"):
       it = bk.BucketedBatches(d, t, grid, max_duration=max_duration, seed=seed, num_epochs=1,
-                              drop_remainder=drop_tail)
+                              remainder=remainder)
       batches = list(it)
       used = sum(int(b["mask"].sum()) for b in batches)
-      rows.append({"method": name + ("_drop_tail" if drop_tail else ""),
+      rows.append({"method": f"{name}_{remainder}",
                    **bk.padding_fractions(batches, d, t), "dropped": sum(it.dropped.values()),
                    "tail_dropped": d.size - sum(it.dropped.values()) - used,
                    "num_buckets": grid.num_buckets})

@@ -28,8 +28,9 @@ batch size per process, so each bucket compiles once. Batch sizes come from the 
 optional quadratic penalty e(d) = d + d^2 / q. All processes hold the same (duration, tokens)
 metadata; global step t of epoch e picks bucket k with probability proportional to its
 remaining global batches, from an RNG seeded by (seed, epoch, t), so every rank picks the same
-bucket; each rank takes its own slice of that bucket's global batch. The state is
-``{epoch, step, taken}``: JSON, restored exactly.
+bucket; each rank takes its own slice of that bucket's global batch. A bucket's last partial
+batch is carried into the next bucket whose shape holds it (default), padded, or dropped. The
+state is ``{epoch, step, taken}``: JSON, restored exactly.
 """
 from __future__ import annotations
 
@@ -283,7 +284,7 @@ class BucketedBatches:
   def __init__(self, durations, num_tokens, grid: BucketGrid, *, batch_sizes=None,
                max_duration: float | None = None, quadratic_duration: float | None = None,
                seed: int = 0, shuffle: bool = True, num_processes: int = 1,
-               process_index: int = 0, too_long: str = "drop", drop_remainder: bool = True,
+               process_index: int = 0, too_long: str = "drop", remainder: str = "carry",
                num_epochs: int | None = None):
     d = _vector(durations, "durations", positive=True)
     t = _tokens(num_tokens, d.size)
@@ -292,6 +293,8 @@ class BucketedBatches:
                        "JSON) or max_duration (seconds per batch)")
     if too_long not in ("drop", "error"):
       raise ValueError(f"too_long must be 'drop' or 'error', got {too_long!r}")
+    if remainder not in ("carry", "pad", "drop"):
+      raise ValueError(f"remainder must be 'carry', 'pad' or 'drop', got {remainder!r}")
     if not (isinstance(num_processes, (int, np.integer)) and num_processes >= 1
             and isinstance(process_index, (int, np.integer))
             and 0 <= process_index < num_processes):
@@ -312,27 +315,50 @@ class BucketedBatches:
                     "tps_outlier": int((codes == TPS_OUTLIER).sum())}
     self._members = [np.flatnonzero(codes == k) for k in range(grid.num_buckets)]
     self._global = [b * num_processes for b in self.batch_sizes]
-    self._available = np.array(
-        [len(m) // g + (0 if drop_remainder or len(m) % g == 0 else 1)
-         for m, g in zip(self._members, self._global)], dtype=np.int64)
+    # Rows are sorted by (duration, tokens), so a later row with at least as many tokens holds
+    # every example of row k: the first such row takes row k's tail.
+    tok = grid.max_tokens
+    self._carry_to = [next((j for j in range(k + 1, len(tok)) if tok[j] >= tok[k]), None)
+                      for k in range(len(tok))]
+    self._seed, self._shuffle, self._num_epochs = int(seed), shuffle, num_epochs
+    self._remainder = remainder
+    self._layout_epoch, self._layout = None, None
+    # batch counts per bucket depend on the bucket sizes only, not on the epoch's shuffle
+    self._available = self._epoch_layout(0)[1]
     if self._available.sum() == 0:
       raise ValueError("no bucket holds one full global batch (batch size x num_processes); "
-                       "lower the batch sizes or pass drop_remainder=False")
-    self._seed, self._shuffle, self._num_epochs = int(seed), shuffle, num_epochs
+                       "lower the batch sizes or pass remainder='pad' or 'carry'")
     self._rank, self._n = int(process_index), d.size
     self._epoch, self._step = 0, 0
     self._taken = np.zeros(grid.num_buckets, dtype=np.int64)
-    self._orders_epoch, self._orders = None, None
 
   def __iter__(self) -> Iterator[dict[str, Any]]:
     return self
 
-  def _order(self, k: int) -> np.ndarray:
-    if self._orders_epoch != self._epoch:
-      self._orders_epoch = self._epoch
-      self._orders = [np.random.default_rng([self._seed, self._epoch, k]).permutation(m)
-                      if self._shuffle else m for k, m in enumerate(self._members)]
-    return self._orders[k]
+  def _epoch_layout(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each bucket's example order and batch count in ``epoch``: a pure function of the seed
+    and the epoch, so a restored state needs no example lists.
+
+    A bucket's last partial global batch (its tail) is, by ``remainder``: ``carry``: appended
+    to the first later bucket whose shape holds it (rows ascending, so a tail can move on
+    again); the last bucket's tail, with nowhere to go, is padded; ``pad``: emitted with -1
+    rows (a static shape costs their compute); ``drop``: left out of this epoch (a reshuffle
+    picks other examples next epoch).
+    """
+    if self._layout_epoch != epoch:
+      pools = [np.random.default_rng([self._seed, epoch, k]).permutation(m) if self._shuffle
+               else m for k, m in enumerate(self._members)]
+      available = np.zeros(len(pools), dtype=np.int64)
+      for k, g in enumerate(self._global):
+        full = pools[k].size // g
+        tail = pools[k][full * g:]
+        if tail.size and self._remainder == "carry" and self._carry_to[k] is not None:
+          j = self._carry_to[k]
+          pools[j] = np.concatenate([pools[j], tail])
+          pools[k], tail = pools[k][:full * g], tail[:0]
+        available[k] = full + (1 if tail.size and self._remainder != "drop" else 0)
+      self._layout_epoch, self._layout = epoch, (pools, available)
+    return self._layout
 
   def __next__(self) -> dict[str, Any]:
     remaining = self._available - self._taken
@@ -345,7 +371,7 @@ class BucketedBatches:
     u = np.random.default_rng([self._seed, self._epoch, self._step, 1]).integers(remaining.sum())
     k = int(np.searchsorted(np.cumsum(remaining), u, side="right"))
     g, b = self._global[k], self.batch_sizes[k]
-    chunk = self._order(k)[self._taken[k] * g:(self._taken[k] + 1) * g]
+    chunk = self._epoch_layout(self._epoch)[0][k][self._taken[k] * g:(self._taken[k] + 1) * g]
     chunk = np.concatenate([chunk, np.full(g - chunk.size, -1, dtype=np.int64)])
     local = chunk[self._rank * b:(self._rank + 1) * b].astype(np.int64)
     batch = {"bucket": k, "indices": local, "mask": local >= 0,
