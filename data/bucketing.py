@@ -278,7 +278,9 @@ class BucketedBatches:
   Each batch is a dict: ``bucket``, ``indices`` (int64, length = the bucket's batch size;
   -1 marks padding rows of a final partial batch), ``mask`` (indices >= 0), ``max_duration``
   and ``max_tokens`` (the static padded shape), ``epoch`` and ``step``. ``dropped`` counts
-  the examples outside every bucket (``too_long``) and the TPS outliers.
+  the examples outside every bucket (``too_long="drop"``; ``"error"`` raises instead) and the
+  TPS outliers. ``remainder`` (``carry``/``pad``/``drop``) decides each bucket's last partial
+  batch (see ``_epoch_layout``). ``num_epochs=None`` iterates forever.
   """
 
   def __init__(self, durations, num_tokens, grid: BucketGrid, *, batch_sizes=None,
@@ -313,6 +315,9 @@ class BucketedBatches:
                        f"too_long='drop' to drop and count such examples")
     self.dropped = {"too_long": int((codes == TOO_LONG).sum()),
                     "tps_outlier": int((codes == TPS_OUTLIER).sum())}
+    if (codes < 0).all():
+      raise ValueError(f"every example was dropped ({self.dropped}); the grid does not fit "
+                       "this data: estimate it from these durations and tokens")
     self._members = [np.flatnonzero(codes == k) for k in range(grid.num_buckets)]
     self._global = [b * num_processes for b in self.batch_sizes]
     # Rows are sorted by (duration, tokens), so a later row with at least as many tokens holds
@@ -327,7 +332,7 @@ class BucketedBatches:
     self._available = self._epoch_layout(0)[1]
     if self._available.sum() == 0:
       raise ValueError("no bucket holds one full global batch (batch size x num_processes); "
-                       "lower the batch sizes or pass remainder='pad' or 'carry'")
+                       "lower the batch sizes or pass remainder='carry' or 'pad'")
     self._rank, self._n = int(process_index), d.size
     self._epoch, self._step = 0, 0
     self._taken = np.zeros(grid.num_buckets, dtype=np.int64)
@@ -341,7 +346,7 @@ class BucketedBatches:
 
     A bucket's last partial global batch (its tail) is, by ``remainder``: ``carry``: appended
     to the first later bucket whose shape holds it (rows ascending, so a tail can move on
-    again); the last bucket's tail, with nowhere to go, is padded; ``pad``: emitted with -1
+    again); a tail that no later bucket's shape holds is padded; ``pad``: emitted with -1
     rows (a static shape costs their compute); ``drop``: left out of this epoch (a reshuffle
     picks other examples next epoch).
     """

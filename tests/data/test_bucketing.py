@@ -243,6 +243,12 @@ def test_too_long_drop_or_error_and_bad_args():
     bk.batch_sizes_for_max_duration(grid, 3.0)
   with pytest.raises(ValueError, match="different setup"):
     bk.BucketedBatches(d, t, grid, batch_sizes=[1, 2]).set_state(it.get_state())
+  with pytest.raises(ValueError, match="every example was dropped"):
+    bk.BucketedBatches(d[4:], t[4:], grid, batch_sizes=[1, 1])
+  with pytest.raises(ValueError, match="no bucket holds one full global batch"):
+    bk.BucketedBatches(d, t, grid, batch_sizes=[3, 3], remainder="drop")
+  with pytest.raises(ValueError, match="remainder must be"):
+    bk.BucketedBatches(d, t, grid, batch_sizes=[1, 1], remainder="keep")
   with pytest.raises(ValueError, match="strictly increasing"):
     bk.BucketGrid((4.0, 2.0), (6, 12))
 
