@@ -57,6 +57,7 @@ def test_allocation_follows_algorithm_1():
   # 9 -> row 0; 7 -> row 1 (fewer than k_min rows); 5 -> row 1 (7+5 = 12; row 0 has no room);
   # 4 -> no room anywhere: row 2; 3 -> rows 0 and 2 have room and one sequence each: row 0;
   # 2 -> only row 2 has room.
+  groups = packing.allocate([4, 9, 2, 7, 5, 3], 12, min_micro_batches=2)
   assert groups == [[1, 5], [3, 4], [0, 2]]
 
 
