@@ -184,15 +184,21 @@ class Controller:
     return len(self._buffer) + pending >= self.batch_size
 
   def next_batch(self, timeout: float | None = 0.0) -> list[Sample] | None:
-    """The ``B`` oldest rewarded samples, removed from the buffer, or None if fewer are ready
-    within ``timeout`` seconds (None: wait as long as a batch can still be completed) or no
-    batch can ever be completed from what is left."""
+    """The ``B`` oldest rewarded samples, removed from the buffer; None if fewer are ready within
+    ``timeout`` seconds (None: no limit), or at once when no batch can ever be completed from
+    what is left. Waiting without a limit for a batch the gate cannot admit before the next
+    :meth:`publish` raises RuntimeError instead of hanging."""
     with self._lock:
-      if timeout is None:
+      if timeout is None and self._batches_taken > self._version + self.eta \
+         and len(self._buffer) < self.batch_size:
+        # The gate admits at most (version + eta + 1) B trajectories, all but the buffered ones
+        # already consumed: waiting would never end.
+        raise RuntimeError(f"next_batch() would wait forever: {self._batches_taken} batches "
+                           f"taken at version {self._version} with eta={self.eta}; publish the "
+                           "version trained on the last batch first.")
+      if timeout is None or timeout > 0:
         self._lock.wait_for(lambda: len(self._buffer) >= self.batch_size
-                            or not self._can_ever_fill())
-      elif timeout > 0:
-        self._lock.wait_for(lambda: len(self._buffer) >= self.batch_size, timeout)
+                            or not self._can_ever_fill(), timeout)
       if len(self._buffer) < self.batch_size:
         return None
       batch = [heapq.heappop(self._buffer)[2] for _ in range(self.batch_size)]

@@ -147,7 +147,7 @@ def test_reward_service_threads_drop_raising_samples(caplog):
 
     worker = threading.Thread(target=rollout)
     worker.start()
-    while (b := c.next_batch(timeout=None)) is not None:
+    while (b := c.next_batch(timeout=30)) is not None:  # a bound, so a bug fails, not hangs
       taken += b
       c.publish(c.version + 1)
     worker.join()
@@ -176,6 +176,22 @@ def test_bad_input_errors():
     c.publish(1)
   with pytest.raises(ValueError, match="versions go up by one"):
     c.publish(2)
+
+
+def test_waiting_for_a_batch_the_gate_cannot_admit_is_an_error():
+  c = ctl.Controller(list(range(8)), batch_size=2, eta=0, reward_fn=lambda p, t: 0.0,
+                     reward_workers=0)
+  while (t := c.submit()) is not None:
+    c.finish(t, 0)
+  assert len(c.next_batch()) == 2
+  with pytest.raises(RuntimeError, match="publish the version trained on the last batch first"):
+    c.next_batch(timeout=None)
+  c.publish(1)
+  assert c.next_batch(timeout=0.01) is None  # legal again: version 1 may generate a batch
+  t1, t2 = c.submit(), c.submit()
+  c.finish(t1, 0)
+  c.finish(t2, 0)
+  assert [s.ticket.version for s in c.next_batch(timeout=5)] == [1, 1]
 
 
 def test_gate_function_matches_eq3():
