@@ -7,4 +7,8 @@ python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[dev]'
 .venv/bin/lint-imports  # imports point down the layers (pyproject.toml [tool.importlinter])
-.venv/bin/python -m pytest -q "$@"
+# The default corpus is built once, before the workers start, so they never race to build it.
+.venv/bin/python -c "from data import stdlib_corpus; stdlib_corpus.load_builder()"
+# Two workers (pytest-xdist; EFFIJAX_TEST_WORKERS to change, 0 = serial): most tests wait on
+# single-threaded XLA compiles. --dist loadfile keeps a file's tests, in order, on one worker.
+.venv/bin/python -m pytest -q -n "${EFFIJAX_TEST_WORKERS:-2}" --dist loadfile "$@"

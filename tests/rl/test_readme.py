@@ -13,3 +13,11 @@ def test_readme_offline_rl_snippet_runs():
   assert blocks, "README lost its offline RL section"
   for code in blocks:
     exec(compile(code, "README.md", "exec"), {})  # pylint: disable=exec-used
+
+
+def test_readme_areal_snippet_runs():
+  blocks = python_blocks(pathlib.Path(__file__).parents[2] / "README.md",
+                         "### AReaL building blocks (`rl/`)")
+  assert blocks, "README lost its AReaL building blocks section"
+  for code in blocks:
+    exec(compile(code, "README.md", "exec"), {})  # pylint: disable=exec-used

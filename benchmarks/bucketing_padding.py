@@ -1,0 +1,108 @@
+"""Padding fraction of random batching vs 1D vs 2D duration buckets on a long-tailed corpus.
+
+    python -m benchmarks.bucketing_padding           # -> benchmarks/results/bucketing_padding_cpu.json
+    python -m benchmarks.bucketing_padding --quick   # 5,000 examples, written to a temp file
+
+Synthetic metadata only (no audio): durations log-normal, median 4 s, clipped to [0.3, 30] s
+(a long tail like real ASR sets); tokens = round(d x TPS) with TPS ~ N(3, 0.6) per utterance
+and 0.5% transcripts at ~25 TPS (the outliers NeMo's TPS filter drops). Padding fraction
+= 1 - real / padded, for audio seconds and for tokens, over one epoch, all three methods at the
+same ``--max-duration`` budget of padded seconds per batch:
+
+* ``random``: shuffled, greedily packed while (n + 1) x longest <= budget, each batch padded to
+  ITS longest example and most tokens (dynamic shapes: a recompile per shape, the most
+  favourable accounting for random batching);
+* ``1d``: lhotse's duration bins (``estimate_duration_bins``), static shape per bucket
+  (bucket max duration, most tokens in the bucket), B_k = floor(budget / dmax_k);
+* ``2d``: NeMo-style duration x token bins (``estimate_2d_bins``), static shapes, same B_k rule.
+
+Each bucketed method runs three times, by what happens to each bucket's last partial batch:
+``_pad``: padded with empty rows (counted as padding: with static shapes they cost compute);
+``_carry`` (the default): moved into the next bucket whose shape holds it, so only buckets with
+no such successor pad; ``_drop``: left out of this epoch (``tail_dropped``; a reshuffle picks
+other examples next epoch). ``dropped``
+counts examples outside every bucket and the TPS outliers (2D only).
+
+Bins are estimated on the same examples they batch (as lhotse's first 10,000 cuts would be).
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from data import bucketing as bk
+
+
+def synthetic_corpus(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  d = np.clip(rng.lognormal(np.log(4.0), 0.7, n), 0.3, 30.0)
+  tps = rng.normal(3.0, 0.6, n)
+  hot = rng.random(n) < 0.005
+  tps[hot] = 25.0
+  return d, np.maximum(0, np.round(d * tps)).astype(np.int64)
+
+
+def random_batches(d, t, max_duration: float, seed: int):
+  order = np.random.default_rng(seed).permutation(d.size)
+  batch, longest = [], 0.0
+  for i in order:
+    if batch and (len(batch) + 1) * max(longest, d[i]) > max_duration:
+      yield {"indices": np.array(batch), "max_duration": longest,
+             "max_tokens": int(t[batch].max())}
+      batch, longest = [], 0.0
+    batch.append(i)
+    longest = max(longest, d[i])
+  if batch:
+    yield {"indices": np.array(batch), "max_duration": longest,
+           "max_tokens": int(t[batch].max())}
+
+
+def run(num_examples: int, max_duration: float, seed: int, num_buckets: int = 30,
+        num_subbuckets: int = 2) -> list[dict]:
+  d, t = synthetic_corpus(num_examples, seed)
+  rows = [{"method": "random", **bk.padding_fractions(random_batches(d, t, max_duration, seed),
+                                                      d, t), "dropped": 0}]
+  grids = {"1d": bk.estimate_1d_grid(d, t, num_buckets),
+           "2d": bk.estimate_2d_bins(d, t, num_buckets, num_subbuckets)}
+  for name, grid in grids.items():
+    for remainder in ("pad", "carry", "drop"):
+      it = bk.BucketedBatches(d, t, grid, max_duration=max_duration, seed=seed, num_epochs=1,
+                              remainder=remainder)
+      batches = list(it)
+      used = sum(int(b["mask"].sum()) for b in batches)
+      rows.append({"method": f"{name}_{remainder}",
+                   **bk.padding_fractions(batches, d, t), "dropped": sum(it.dropped.values()),
+                   "tail_dropped": d.size - sum(it.dropped.values()) - used,
+                   "num_buckets": grid.num_buckets})
+  return rows
+
+
+def main(argv=None):
+  # imported here: it pulls in jax; scripts/compare_lhotse_sampler.py imports this module from
+  # a venv with lhotse and without jax
+  from benchmarks.common import add_quick_flag, result_path, write_result  # pylint: disable=import-outside-toplevel
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  add_quick_flag(p)
+  p.add_argument("--num-examples", type=int, default=50_000)
+  p.add_argument("--max-duration", type=float, default=600.0,
+                 help="padded audio seconds per batch, all methods")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default=None)
+  args = p.parse_args(argv)
+  n = 5_000 if args.quick else args.num_examples
+  rows = run(n, args.max_duration, args.seed)
+  for r in rows:
+    print(f"{r['method']:>12}: padding {100 * r['duration']:5.1f}% of audio seconds, "
+          f"{100 * r['tokens']:5.1f}% of tokens; {r['batches']} batches, mean batch "
+          f"{r['mean_batch_size']:.1f}, dropped {r['dropped']} + tail {r.get('tail_dropped', 0)}")
+  out = args.out or result_path("bucketing_padding", quick=args.quick)
+  path = write_result("bucketing_padding", out=out,
+                      config={"num_examples": n, "max_duration": args.max_duration,
+                              "seed": args.seed, "num_buckets": 30, "num_subbuckets": 2},
+                      results=rows)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()
