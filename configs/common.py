@@ -36,7 +36,7 @@ def train_config() -> ml_collections.ConfigDict:
 def optim_config() -> ml_collections.ConfigDict:
   """Generic optimizer fields; a sub-section per optimizer holds its own (train/optimizer.py)."""
   o = ml_collections.ConfigDict()
-  o.name = "adamw"  # adamw | lamb | sgd | sso | sgld (optim/registry.py)
+  o.name = "adamw"  # adamw | coat_adamw | lamb | sgd | sso | sgld (optim/registry.py)
   o.lr = 1e-3
   o.schedule = "cosine"  # cosine | poly | constant, after linear warmup
   o.warmup_steps = 100
@@ -50,6 +50,12 @@ def optim_config() -> ml_collections.ConfigDict:
   o.lamb = ml_collections.ConfigDict()
   o.lamb.bias_correction = True
   o.lamb.trust_clip = ml_collections.config_dict.placeholder(tuple)  # (lo, hi) or None
+  o.coat_adamw = ml_collections.ConfigDict()  # AdamW with FP8 moments (optim/coat.py)
+  o.coat_adamw.group_size = 128
+  o.coat_adamw.m_format = "e4m3"  # e4m3 | e5m2
+  o.coat_adamw.v_format = "e4m3"
+  o.coat_adamw.expand = True  # COAT's dynamic range expansion (False: per-group absmax)
+  o.coat_adamw.min_size = 4096  # smaller leaves keep fp32 moments
   o.sso = ml_collections.ConfigDict()
   o.sso.inner = "adamw"  # the optax optimizer taking the m cheap steps
   o.sso.m = 4  # inner steps per expensive target-space gradient
@@ -113,6 +119,8 @@ KEY_DOCS = {
     "model.dtype": "compute dtype of activations and matmul inputs (float32 | bfloat16)",
     "model.param_dtype": "dtype the parameters are stored and updated in",
     "model.remat": "rematerialize each block in the backward pass (memory for FLOPs)",
+    "model.fp8_activations": "COAT: keep activations for the backward pass in FP8 E4M3 "
+                             "(linear inputs per-tensor, norm/SwiGLU inputs per 1x16 group)",
     "model.image_size": "input images are image_size x image_size",
     "model.in_channels": "input image channels",
     "model.num_classes": "classifier outputs",
@@ -149,7 +157,7 @@ KEY_DOCS = {
     "train.snapshot_every": "keep the params every this many steps from snapshot_start on, as "
                             "exports in WORKDIR/samples/ (SGLD samples, ensembles); 0: off",
     # optim
-    "optim.name": "adamw | lamb | sgd | sso | sgld (optim/registry.py)",
+    "optim.name": "adamw | coat_adamw | lamb | sgd | sso | sgld (optim/registry.py)",
     "optim.lr": "peak learning rate",
     "optim.schedule": "cosine | poly | constant, after a linear warmup",
     "optim.warmup_steps": "linear warmup from 0 to lr (must be < train.steps)",
@@ -162,6 +170,11 @@ KEY_DOCS = {
     "optim.grad_clip": "global-norm gradient clipping (0 disables)",
     "optim.lamb.bias_correction": "LAMB: Adam-style bias correction of the moments",
     "optim.lamb.trust_clip": "LAMB: clip the trust ratio to (lo, hi), or None",
+    "optim.coat_adamw.group_size": "COAT: elements per FP8 group along a leaf's last axis",
+    "optim.coat_adamw.m_format": "COAT: FP8 format of the first moment (e4m3 | e5m2)",
+    "optim.coat_adamw.v_format": "COAT: FP8 format of the second moment (e4m3 | e5m2)",
+    "optim.coat_adamw.expand": "COAT: dynamic range expansion x -> sign(x)|x|^k per group",
+    "optim.coat_adamw.min_size": "COAT: leaves with fewer elements keep fp32 moments",
     "optim.sso.inner": "SSO: the optax optimizer taking the cheap surrogate steps",
     "optim.sso.m": "SSO: cheap steps per expensive target-space gradient",
     "optim.sso.eta": "SSO: per-example target-space step (softmax CE is 1/2-smooth: <= 2)",

@@ -157,6 +157,28 @@ def constrain(x, logical_axes):
       x, NamedSharding(mesh, logical_to_spec(logical_axes, x.shape, rules, mesh)))
 
 
+def sharding_like(param_sharding: NamedSharding, tree):
+  """Shardings for ``tree`` (arrays or a small pytree of them, e.g. an optimizer moment stored
+  as FP8 values plus per-group scales) that belongs to a parameter sharded by ``param_sharding``.
+
+  Each array takes the parameter's ``PartitionSpec`` (shorter specs padded with None), with
+  every dim that does not divide its mesh axes replicated (per-group metadata has a shorter
+  grouped dim); an array of lower rank than the spec is replicated.
+  """
+  mesh = param_sharding.mesh
+  spec = tuple(param_sharding.spec)
+
+  def one(a):
+    if len(a.shape) < len(spec):
+      return NamedSharding(mesh, P())
+    padded = spec + (None,) * (len(a.shape) - len(spec))
+    return NamedSharding(mesh, P(*(
+        axes if axes is not None and dim % _mesh_axes_size(mesh, axes) == 0 else None
+        for axes, dim in zip(padded, a.shape))))
+
+  return jax.tree.map(one, tree)
+
+
 def tree_shardings(logical_tree, tree, mesh, rules):
   """NamedShardings for ``tree`` from a matching tree of logical axis tuples.
 

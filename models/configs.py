@@ -41,6 +41,7 @@ class ModelConfig(_Dict):
   dtype: str = "float32"  # compute dtype (activations, matmul inputs)
   param_dtype: str = "float32"
   remat: bool = False  # rematerialize each block in the backward pass
+  fp8_activations: bool = False  # COAT: keep backward-pass activations in E4M3 (models/fp8_act)
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",

@@ -16,6 +16,7 @@ from flax import nnx
 
 from core.qtensor import QuantizedWeight
 from kernels_pallas.lowbit_matmul import lowbit_matmul
+from models import fp8_act
 
 _MATMULS: dict[type, Callable] = {}
 
@@ -58,11 +59,15 @@ class Linear(nnx.Module):
 class RMSNorm(nnx.Module):
   """``y = x / sqrt(mean(x^2) + eps) * scale``, computed in f32."""
 
-  def __init__(self, dim: int, *, eps: float = 1e-6, param_dtype=jnp.float32):
+  def __init__(self, dim: int, *, eps: float = 1e-6, param_dtype=jnp.float32,
+               fp8_activations: bool = False):
     self.eps = eps
+    self.fp8_activations = fp8_activations  # keep x for the backward pass in 1x16 E4M3
     self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=("norm",))
 
   def __call__(self, x):
+    if self.fp8_activations:
+      return fp8_act.rmsnorm(x, self.scale[...], self.eps)
     xf = x.astype(jnp.float32)
     y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
     return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)

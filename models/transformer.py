@@ -16,11 +16,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from core.sharding import constrain
-from models import attention, functional
+from models import attention, fp8_act, functional
 from models.configs import ModelConfig, preset  # noqa: F401  (the model's config, presets)
 from models.layers import Embed, Linear, RMSNorm, rope
 
 Config = ModelConfig
+
+
+def _fp8(cfg: ModelConfig, *linears) -> bool:
+  """FP8 activations apply to plain-array kernels (training), not to quantized weights."""
+  return cfg.fp8_activations and all(isinstance(p.kernel.get_value(), jax.Array)
+                                     for p in linears)
 
 
 class Attention(nnx.Module):
@@ -40,15 +46,23 @@ class Attention(nnx.Module):
   def __call__(self, x, positions, segment_ids, cache=None):
     cfg = self.cfg
     b, t, _ = x.shape
-    q = self.q_proj(x).reshape(b, t, cfg.n_heads, cfg.head_dim)
-    k = self.k_proj(x).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
-    v = self.v_proj(x).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+    fp8 = _fp8(cfg, self.q_proj, self.k_proj, self.v_proj, self.o_proj)
+    if fp8:  # one E4M3 copy of x serves the three projections' backward pass
+      kernels = tuple(p.kernel.get_value() for p in (self.q_proj, self.k_proj, self.v_proj))
+      q, k, v = fp8_act.dots(x, kernels)
+    else:
+      q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+    q = q.reshape(b, t, cfg.n_heads, cfg.head_dim)
+    k = k.reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+    v = v.reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
     q = constrain(rope(q, positions, theta=cfg.rope_theta), ("batch", "seq", "act_heads", None))
     k = constrain(rope(k, positions, theta=cfg.rope_theta), ("batch", "seq", "act_kv", None))
     v = constrain(v, ("batch", "seq", "act_kv", None))
     out, new_cache = attention.attend(q, k, v, positions=positions, segment_ids=segment_ids,
                                       cache=cache)
     out = constrain(out.reshape(b, t, cfg.n_heads * cfg.head_dim), ("batch", "seq", "act_heads"))
+    if fp8:
+      return fp8_act.dots(out, (self.o_proj.kernel.get_value(),))[0], new_cache
     return self.o_proj(out), new_cache
 
 
@@ -57,6 +71,7 @@ class MLP(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     pd = jnp.dtype(cfg.param_dtype)
+    self.cfg = cfg
     self.gate_proj = Linear(cfg.d_model, cfg.mlp_dim, logical_axes=("embed", "mlp"), rngs=rngs,
                             param_dtype=pd)
     self.up_proj = Linear(cfg.d_model, cfg.mlp_dim, logical_axes=("embed", "mlp"), rngs=rngs,
@@ -65,6 +80,11 @@ class MLP(nnx.Module):
                             param_dtype=pd, std=cfg.mlp_dim**-0.5 / (2 * cfg.n_layers)**0.5)
 
   def __call__(self, x):
+    if _fp8(self.cfg, self.gate_proj, self.up_proj, self.down_proj):
+      gate, up = fp8_act.dots(x, (self.gate_proj.kernel.get_value(),
+                                  self.up_proj.kernel.get_value()))
+      h = constrain(fp8_act.swiglu(gate, up), ("batch", "seq", "act_mlp"))
+      return fp8_act.dots(h, (self.down_proj.kernel.get_value(),))[0]
     h = constrain(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x), ("batch", "seq", "act_mlp"))
     return self.down_proj(h)
 
@@ -73,9 +93,10 @@ class Block(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     pd = jnp.dtype(cfg.param_dtype)
-    self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pd)
+    fp8 = cfg.fp8_activations
+    self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pd, fp8_activations=fp8)
     self.attn = Attention(cfg, rngs=rngs)
-    self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pd)
+    self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pd, fp8_activations=fp8)
     self.mlp = MLP(cfg, rngs=rngs)
 
   def __call__(self, x, positions, segment_ids, cache=None):
@@ -92,7 +113,8 @@ class Transformer(nnx.Module):
     pd = jnp.dtype(cfg.param_dtype)
     self.embed = Embed(cfg.vocab_size, cfg.d_model, rngs=rngs, param_dtype=pd)
     self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
-    self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pd)
+    self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pd,
+                              fp8_activations=cfg.fp8_activations)
     if not cfg.tie_embeddings:
       self.lm_head = Linear(cfg.d_model, cfg.vocab_size, logical_axes=("embed", "vocab"),
                             rngs=rngs, param_dtype=pd)

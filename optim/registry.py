@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 import optax
 
+from optim import coat as coat_lib
 from optim import lamb as lamb_lib
 from optim import sgld as sgld_lib
 from optim import sso as sso_lib
@@ -173,6 +174,19 @@ def _sgd(learning_rate, momentum=0.0, nesterov=False, weight_decay=0.0):
 
 
 register("lamb")(lamb_lib.lamb)
+
+
+@register("coat_adamw")
+def _coat_adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, group_size=128,
+                m_format="e4m3", v_format="e4m3", expand=True, min_size=4096,
+                exclude_from_weight_decay=()):
+  """AdamW with FP8 moments (:mod:`optim.coat`); ``exclude_from_weight_decay``: regexes over
+  leaf paths, as for ``adamw``."""
+  mask = lamb_lib.path_mask(exclude_from_weight_decay) if exclude_from_weight_decay else None
+  return coat_lib.coat_adamw(learning_rate, b1, b2, eps, weight_decay, group_size=group_size,
+                             m_format=m_format, v_format=v_format, expand=expand,
+                             min_size=min_size, mask=mask)
+
 
 # A sampler, not a minimiser: needs num_data=N; the lr (or schedule) is the Langevin step h.
 @register("sgld")

@@ -31,6 +31,7 @@ from absl import logging
 from core import checkpoint as ckpt_lib
 from core import sharding as sharding_lib
 from models import registry
+from optim import coat as coat_lib
 from train import metrics as metrics_lib
 from train import optimizer as optimizer_lib
 from train import step as step_lib
@@ -92,8 +93,14 @@ def prepare_workdir(config, workdir: Path, *, overwrite: bool) -> None:
 
 def _state_shardings(abstract_state, param_shardings, tx, mesh):
   repl = sharding_lib.replicated(mesh)
-  opt = optax.tree_map_params(tx, lambda _, s: s, abstract_state["opt_state"], param_shardings,
-                              transform_non_params=lambda _: repl)
+  # A moment stored as FP8 groups (optim.coat) is a small pytree per parameter: its parts
+  # shard like that parameter (metadata dims that do not divide are replicated).
+  is_groups = lambda x: isinstance(x, coat_lib.Fp8Groups)
+  opt = optax.tree_map_params(tx, lambda s, sh: sharding_lib.sharding_like(sh, s)
+                              if is_groups(s) else sh,
+                              abstract_state["opt_state"], param_shardings,
+                              transform_non_params=lambda _: repl,
+                              is_leaf=is_groups)
   out = {"step": repl, "params": param_shardings, "opt_state": opt}
   for extra in set(abstract_state) - set(out):  # strategy state (SSO counters): small
     out[extra] = jax.tree.map(lambda _: repl, abstract_state[extra])

@@ -20,7 +20,7 @@ GRADS = {"dense": {"kernel": jnp.arange(6.0).reshape(2, 3) - 2, "bias": jnp.arra
 
 
 def test_unknown_name_lists_available():
-  with pytest.raises(ValueError, match=r"unknown optimizer 'x'; available: adamw, lamb, sgd, sgld, sso"):
+  with pytest.raises(ValueError, match=r"unknown optimizer 'x'; available: adamw, coat_adamw, lamb, sgd, sgld, sso"):
     registry.get_optimizer("x", 1e-3)
 
 

@@ -45,7 +45,7 @@ def test_optimizer_by_name_trains_the_model(name):
 
 def test_unknown_optimizer_lists_the_available_ones():
   c = _config("adafactorz")
-  with pytest.raises(ValueError, match="available: adamw, lamb, sgd, sgld, sso"):
+  with pytest.raises(ValueError, match="available: adamw, coat_adamw, lamb, sgd, sgld, sso"):
     optimizer_lib.make_optimizer(c.optim, 10)
 
 
