@@ -83,6 +83,9 @@ def _devices(platform: str, topology: str, target_config: str | None) -> tuple:
     desc = topologies.get_topology_desc(platform="cuda", topology_name="",
                                         target_config=target_config, topology=topology)
   else:
+    # libtpu takes /tmp/libtpu_lockfile so that two processes do not drive one TPU; compiling
+    # drives none, and a second process (a test's subprocess, a parallel plan) must not fail.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     desc = topologies.get_topology_desc(topology_name=topology, platform=platform)
   return tuple(desc.devices)
 
