@@ -47,3 +47,14 @@ def test_plugin_for_another_jax_version_is_reported(monkeypatch):
   with pytest.raises(core_targets.MissingExtraError,
                      match=rf"jax-cuda13-plugin 0.0.1 does not match jax {jax.__version__}"):
     core_targets.check_extra("cuda")
+
+
+def test_readme_scale_on_paper_snippet_runs():
+  from pathlib import Path  # pylint: disable=g-import-not-at-top
+  from tests.readme_snippets import python_blocks  # pylint: disable=g-import-not-at-top
+  readme = Path(__file__).resolve().parents[2] / "README.md"
+  heading = next(l for l in readme.read_text().splitlines() if l.startswith("## Scale on paper"))
+  (block,) = python_blocks(readme, heading)
+  scope = {}
+  exec(compile(block, "README.md", "exec"), scope)  # pylint: disable=exec-used
+  assert len(scope["devices"]) == 8 and scope["devices"][0].device_kind == "TPU v5 lite"
