@@ -13,9 +13,15 @@ taking ``impl=`` and ``block_sizes=``.
   On CPU: the reference.
 * an explicit impl is used as it is; shapes it cannot run raise a ValueError that says why
   and what to use instead. (``interpret=True`` runs an explicit Pallas impl on CPU: tests.)
+
+**Compiling for another target** (core/targets.py): the process's backend stays the CPU, so
+``auto`` would pick the reference; ``with target_backend("tpu"):`` around the trace
+(``jax.jit(f).lower(...)``) makes ``auto`` choose what that target would run.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Callable
 
 import jax
@@ -26,6 +32,24 @@ BACKEND_IMPL = {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "tpu": "pallas_tpu"}
 REGIMES = ("decode", "prefill")
 
 _warned: set[tuple[str, str]] = set()
+_TARGET_BACKEND: contextvars.ContextVar = contextvars.ContextVar("effijax_kernel_backend",
+                                                                 default=None)
+
+
+@contextlib.contextmanager
+def target_backend(platform: str | None):
+  """Within this context ``impl="auto"`` dispatches as on ``platform`` ("cuda", "gpu", "tpu";
+  None: the real backend), for tracing a function that is compiled for that target."""
+  token = _TARGET_BACKEND.set(platform)
+  try:
+    yield
+  finally:
+    _TARGET_BACKEND.reset(token)
+
+
+def backend() -> str:
+  """The backend ``auto`` dispatches for: :func:`target_backend`'s, else jax's default."""
+  return _TARGET_BACKEND.get() or jax.default_backend()
 
 
 def resolve_impl(impl: str, *, kernel: str, why_not: Callable[[str], str | None]) -> str:
@@ -36,7 +60,7 @@ def resolve_impl(impl: str, *, kernel: str, why_not: Callable[[str], str | None]
   if impl not in IMPLS:
     raise ValueError(f"{kernel}: impl={impl!r} is not one of {IMPLS}.")
   if impl == "auto":
-    candidate = BACKEND_IMPL.get(jax.default_backend())
+    candidate = BACKEND_IMPL.get(backend())
     if candidate is None:
       return "reference"
     reason = why_not(candidate)

@@ -592,12 +592,16 @@ def shared_prefix_attention(q, levels: Sequence[PrefixLevel], suffix_k, suffix_v
       raise ValueError(f"levels[{i}].k must be [num_groups, P, Hkv, D], got {level.k.shape}.")
   return _shared_prefix_attention_jit(q, tuple(levels), suffix_k, suffix_v, suffix_lengths,
                                       q_positions, sm_scale=sm_scale, impl=impl,
-                                      interpret=interpret, out_dtype=out_dtype)
+                                      interpret=interpret, out_dtype=out_dtype,
+                                      backend=common.backend() if impl == "auto" else None)
 
 
-@functools.partial(jax.jit, static_argnames=("sm_scale", "impl", "interpret", "out_dtype"))
+# `backend` keys the trace cache: "auto" resolves inside, per backend (common.target_backend).
+@functools.partial(jax.jit, static_argnames=("sm_scale", "impl", "interpret", "out_dtype",
+                                             "backend"))
 def _shared_prefix_attention_jit(q, levels, suffix_k, suffix_v, suffix_lengths, q_positions,
-                                 *, sm_scale, impl, interpret, out_dtype):
+                                 *, sm_scale, impl, interpret, out_dtype, backend):
+  del backend
   outs, lses = [], []
   for level in levels:
     o, l = prefix_attention(q, level.k, level.v, prefix_len=level.lengths,

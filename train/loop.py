@@ -171,9 +171,12 @@ def build(config, mesh, task=None):
   )
 
 
-def compile_only(config, mesh) -> dict:
-  """Lowers and compiles the train step (no data, nothing materialized); memory analysis."""
-  task = tasks.build(config)
+def compile_train_step(config, mesh, task=None):
+  """Lowers and compiles the train step for ``mesh`` (no data, nothing materialized).
+
+  Returns ``(compiled, parts, seconds)``; ``mesh`` may hold compile-only devices
+  (:func:`core.targets.compile_devices`): then the compiler is the target's."""
+  task = task or tasks.build(config)
   check_batch(config, mesh)
   parts = build(config, mesh, task)
   gbs = int(config.train.global_batch_size)
@@ -183,9 +186,16 @@ def compile_only(config, mesh) -> dict:
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding_lib.replicated(mesh))
   t0 = time.perf_counter()
   compiled = parts["train_step"].lower(state, batch, rng).compile()
+  return compiled, parts, time.perf_counter() - t0
+
+
+def compile_only(config, mesh) -> dict:
+  """Lowers and compiles the train step (no data, nothing materialized); memory analysis."""
+  compiled, parts, seconds = compile_train_step(config, mesh)
   mem = compiled.memory_analysis()
   num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(parts["abstract_state"]["params"]))
-  out = {"compile_s": round(time.perf_counter() - t0, 1), "num_params": num_params,
+  gbs = int(config.train.global_batch_size)
+  out = {"compile_s": round(seconds, 1), "num_params": num_params,
          "devices": mesh.size, "mesh": dict(mesh.shape), "global_batch_size": gbs}
   for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
                 "alias_size_in_bytes", "generated_code_size_in_bytes"):
