@@ -269,11 +269,11 @@ def markdown(out) -> str:
            "output err | linears per-IC (first seed) |", "|---|---|---|---|---|---|---|---|",
            f"| 32 | - | FP | {fp['perplexity']:.3f} | - | - | - | - |"]
   linears = _linear_names(out)
-  n_lin = cfg.n_layers * max(len(linears), 1)
+  n_lin = f"/{cfg.n_layers * len(linears)}" if linears else ""  # known once an ada run ended
   for (bits, method), (group, mean, lo, hi, n, err, n_ic) in summary.items():
     spread = f"{lo:.3f}-{hi:.3f}" if n > 1 else "-"
     lines.append(f"| {bits} | {group} | {method} | {mean:.3f} | {spread} | {n} | {err:.3e} | "
-                 f"{n_ic}/{n_lin} |")
+                 f"{n_ic}{n_lin} |")
   lines += ["", "## What we see", ""]
   for bits in sorted(set(r["bits"] for r in out["results"]), reverse=True):
     for fam in ("RTN", "GPTQ"):
