@@ -302,7 +302,7 @@ def _join_quantized(arrays, layouts):
 
 def save_export(path: str | os.PathLike, params, *, model: dict, dtype: str = "bfloat16",
                 extra: dict | None = None, quantization: dict | None = None,
-                overwrite: bool = False, sources=()) -> Path:
+                overwrite: bool = False, sources=(), files: dict[str, str] | None = None) -> Path:
   """Writes params + metadata to ``path`` atomically; returns the path.
 
   Args:
@@ -316,6 +316,8 @@ def save_export(path: str | os.PathLike, params, *, model: dict, dtype: str = "b
       per-weight layouts are added to it.
     overwrite: replace an existing export of the same kind.
     sources: paths this export is made from; it may never be written over them.
+    files: ``{name: text}`` written beside ``export.json`` in the same atomic step (an
+      importer's ``tokenizer.json``, ``tokenizer_config.json``...); plain names only.
   """
   if dtype not in EXPORT_DTYPES:
     raise ValueError(f"export dtype must be one of {EXPORT_DTYPES}, got {dtype!r}.")
@@ -325,6 +327,11 @@ def save_export(path: str | os.PathLike, params, *, model: dict, dtype: str = "b
   if quantization is not None and not layouts:
     raise ValueError("quantization metadata was given but params hold no QuantizedWeight.")
   kind = "quantized" if layouts else "dense"
+  files = dict(files or {})
+  bad = [n for n in files if n != Path(n).name or n in ("export.json", "params") or
+         n.startswith(".")]
+  if bad:
+    raise ValueError(f"files {bad} must be plain file names other than export.json/params.")
   path = check_export_destination(path, kind=kind, overwrite=overwrite, sources=sources)
   meta = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "dtype": dtype,
           "model": dict(model), **(extra or {})}
@@ -345,6 +352,8 @@ def save_export(path: str | os.PathLike, params, *, model: dict, dtype: str = "b
     ckptr.save(tmp / "params", arrays)
     ckptr.wait_until_finished()
     (tmp / "export.json").write_text(json.dumps(meta, indent=2))
+    for name, text in files.items():
+      (tmp / name).write_text(text)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written export behind
     raise

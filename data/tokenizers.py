@@ -5,6 +5,10 @@ Every tokenizer has
 * ``encode(text) -> list[int]``: ids of the text, **no** special tokens added;
 * ``decode(ids) -> str``: text of the ids, special tokens skipped;
 * ``vocab_size``, ``pad_id``, ``bos_id``, ``eos_id``;
+* ``stop_ids``: every id that ends a generation (``eos_id`` and, for HF models, the
+  ``eos_token_id`` ids of ``generation_config.json``); ``add_bos``: whether a prompt starts with
+  ``bos_id`` (False for chat models whose template carries its own markers, e.g. SmolLM2);
+  ``chat_template``: the model's Jinja chat template or None (:mod:`data.chat`);
 * ``token_bytes``: ``int32[vocab_size]``, the UTF-8 byte length of each token's text (0 for
   special tokens), so that ``sum(token_bytes[encode(text)]) == len(text.encode("utf-8"))``
   for text the tokenizer reproduces exactly. Bits per byte then follows from the summed
@@ -49,6 +53,7 @@ class ByteTokenizer:
   """UTF-8 bytes as tokens: byte ``b`` is id ``b + 3``; ids 0/1/2 are pad/bos/eos."""
 
   pad_id, bos_id, eos_id = 0, 1, 2
+  stop_ids, add_bos, chat_template = (2,), True, None
   num_special = 3
   vocab_size = 256 + num_special
 
@@ -99,6 +104,7 @@ class SentencePieceTokenizer:
       raise ValueError(f"SentencePiece model {path!r} has no bos/eos piece (bos_id="
                        f"{self.bos_id}, eos_id={self.eos_id}); train it with bos_id/eos_id >= 0.")
     self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else self._sp.unk_id()
+    self.stop_ids, self.add_bos, self.chat_template = (self.eos_id,), True, None
 
   @functools.cached_property
   def token_bytes(self) -> np.ndarray:
@@ -147,9 +153,14 @@ def _has_component(node, type_name: str) -> bool:
 class HFTokenizer:
   """A Hugging Face ``tokenizer.json`` through the `tokenizers` package.
 
-  Special tokens are looked up among the file's added special tokens (``bos_token``,
-  ``eos_token``, ``pad_token`` override). A tokenizer with only an end-of-text token (GPT-2)
-  uses it for bos and pad too.
+  Special tokens, first match wins: the ``bos_token``/``eos_token``/``pad_token`` arguments;
+  ``tokenizer_config.json`` beside the file (as in a HF model directory, or an export written
+  by :mod:`models.gguf_import`); the usual names among the file's added special tokens. A
+  tokenizer with only an end-of-text token (GPT-2) uses it for bos and pad too.
+  ``generation_config.json`` beside it adds its ``eos_token_id`` (an id or a list) to
+  ``stop_ids``. ``add_bos`` is ``tokenizer_config.json``'s ``add_bos_token`` when set, else
+  whether the file's post-processor inserts bos (True without a ``tokenizer_config.json``,
+  the behaviour before these files were read). ``chat_template`` comes from it too.
   """
 
   BOS_CANDIDATES = ("<s>", "<bos>", "<|begin_of_text|>", "<|startoftext|>", "[CLS]")
@@ -166,6 +177,12 @@ class HFTokenizer:
     self._config = json.loads(self._tok.to_str())
     self._special = {t["content"]: t["id"] for t in self._config.get("added_tokens", [])
                      if t.get("special")}
+    here = os.path.dirname(os.path.abspath(path))
+    tok_cfg = _read_json(os.path.join(here, "tokenizer_config.json"))
+    gen_cfg = _read_json(os.path.join(here, "generation_config.json")) or {}
+    bos_token = bos_token or _token_text(tok_cfg, "bos_token")
+    eos_token = eos_token or _token_text(tok_cfg, "eos_token")
+    pad_token = pad_token or _token_text(tok_cfg, "pad_token")
     eos = self._find(eos_token, self.EOS_CANDIDATES, "eos")
     if eos is None:
       raise ValueError(f"{path!r}: no end-of-sequence token among its special tokens "
@@ -175,6 +192,16 @@ class HFTokenizer:
     pad = self._find(pad_token, self.PAD_CANDIDATES, "pad")
     self.bos_id = eos if bos is None else bos
     self.pad_id = eos if pad is None else pad
+    extra = gen_cfg.get("eos_token_id")
+    extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
+    self.stop_ids = tuple(dict.fromkeys([self.eos_id, *map(int, extra)]))
+    if tok_cfg is None:
+      self.add_bos = True
+    elif "add_bos_token" in tok_cfg:
+      self.add_bos = bool(tok_cfg["add_bos_token"])
+    else:
+      self.add_bos = self._tok.encode("a", add_special_tokens=True).ids[:1] == [self.bos_id]
+    self.chat_template = (tok_cfg or {}).get("chat_template")
 
   def _find(self, explicit: str | None, candidates: tuple[str, ...], role: str) -> int | None:
     if explicit is not None:
@@ -214,11 +241,29 @@ class HFTokenizer:
   def encode(self, text: str) -> list[int]:
     return list(self._tok.encode(text, add_special_tokens=False).ids)
 
+  def id_to_token(self, token_id: int) -> str | None:
+    return self._tok.id_to_token(int(token_id))
+
   def decode(self, ids: Sequence[int]) -> str:
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
   def __repr__(self):
     return f"HFTokenizer({self.path!r})"
+
+
+def _read_json(path: str) -> dict | None:
+  if not os.path.isfile(path):
+    return None
+  try:
+    return json.loads(open(path, encoding="utf-8").read())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); fix or remove it.") from None
+
+
+def _token_text(config: dict | None, key: str) -> str | None:
+  """A special token in ``tokenizer_config.json``: a string or an AddedToken dict."""
+  value = (config or {}).get(key)
+  return value.get("content") if isinstance(value, dict) else value
 
 
 def _check_file(path: str, what: str) -> None:

@@ -3,7 +3,8 @@
 What :mod:`infer.main` runs; importable for notebooks and tests.
 
 Tokenization: every sequence starts with the tokenizer's BOS (as in training,
-:mod:`data.pipeline`). With an explicit shared prefix text, the prefix tokens are
+:mod:`data.pipeline`) unless the tokenizer says not to (``add_bos`` False: chat models such
+as SmolLM2, whose prompts open with their template's own marker). With an explicit shared prefix text, the prefix tokens are
 ``[bos] + encode(prefix)`` and each prompt contributes ``encode(prompt)`` after it (the two
 are tokenized separately and joined at a token boundary). Without one, prompts are
 ``[bos] + encode(prompt)`` and the shared prefix is detected automatically
@@ -22,7 +23,7 @@ from typing import Sequence
 import jax
 
 from core import checkpoint
-from data import tokenizers
+from data import chat, tokenizers
 from infer import decode
 from models import registry, transformer
 
@@ -96,10 +97,11 @@ def read_prompts(path, *, escapes: bool = False) -> list[str]:
 def tokenize_requests(tok, prompts: Sequence[str], shared_prefix: str | None,
                       min_shared_prefix: int = MIN_SHARED_PREFIX):
   """``(prefix_ids, prompt_ids)``: each prompt's ids come after the prefix ids."""
+  bos = [tok.bos_id] if getattr(tok, "add_bos", True) else []
   if shared_prefix is not None:
-    prefix = [tok.bos_id] + list(tok.encode(shared_prefix))
+    prefix = bos + list(tok.encode(shared_prefix))
     return prefix, [list(tok.encode(p)) for p in prompts]
-  full = [[tok.bos_id] + list(tok.encode(p)) for p in prompts]
+  full = [bos + list(tok.encode(p)) for p in prompts]
   n = common_prefix(full, min_shared_prefix)
   return full[0][:n], [f[n:] for f in full]
 
@@ -109,15 +111,37 @@ def generate_text(dec: decode.Decoder, tok, prompts: Sequence[str], params: deco
                   min_shared_prefix: int = MIN_SHARED_PREFIX):
   """``(completions[p][j] strings, Generation, prefix length in tokens)``."""
   prefix, prompt_ids = tokenize_requests(tok, prompts, shared_prefix, min_shared_prefix)
-  if tok.eos_id not in params.stop_tokens:
-    params = decode.SamplingParams(**{**params.__dict__,
-                                      "stop_tokens": tuple(params.stop_tokens) + (tok.eos_id,)})
+  stops = tuple(dict.fromkeys(tuple(params.stop_tokens) +
+                              tuple(getattr(tok, "stop_ids", (tok.eos_id,)))))
+  params = decode.SamplingParams(**{**params.__dict__, "stop_tokens": stops})
   if isinstance(params.seed, int):  # distinct, reproducible streams per prompt
     seeds = tuple((params.seed * 65_537 + i) % (1 << 32) for i in range(len(prompts)))
     params = decode.SamplingParams(**{**params.__dict__, "seed": seeds})
   gen = dec.generate(prompt_ids, params, prefix=prefix, hydragen=hydragen)
   texts = [[tok.decode(t) for t in samples] for samples in gen.tokens]
   return texts, gen, len(prefix)
+
+
+def chat_prompts(tok, questions: Sequence[str], *, system: str | None = None,
+                 template: str | None = None) -> list[str]:
+  """Each question as a one-turn chat (after an optional system message), rendered with
+  ``template`` (a Jinja string, or "chatml" for :data:`data.chat.CHATML`; default the
+  tokenizer's own) and ending with the assistant's generation prompt."""
+  if template is None:
+    template = getattr(tok, "chat_template", None)
+    if template is None:
+      raise ValueError(f"tokenizer {tok!r} has no chat template; pass --chat-template chatml "
+                       "(the built-in ChatML) or --chat-template FILE (a Jinja template).")
+  template = chat.BUILTIN.get(template, template) if isinstance(template, str) else template
+  specials = {}
+  for role in ("bos", "eos", "pad"):
+    token_id = getattr(tok, f"{role}_id", None)
+    id_to_token = getattr(tok, "id_to_token", None)
+    if token_id is not None and id_to_token is not None:
+      specials[f"{role}_token"] = id_to_token(token_id)
+  head = [{"role": "system", "content": system}] if system else []
+  return [chat.render(template, head + [{"role": "user", "content": q}],
+                      add_generation_prompt=True, **specials) for q in questions]
 
 
 def format_report(prompts, texts, gen: decode.Generation, prefix_len: int, hydragen: bool) -> str:

