@@ -34,11 +34,13 @@ weight ``W[OC, IC]``, whose *columns* are input channels. Our weights are in Fla
    un-permuted to the original row order (per-IC groups live inside one row, so they simply
    move with it).
 
-Both loops run inside one ``jit``: the column loop is a ``lax.fori_loop``; the block loop is
-unrolled, so the trailing update of step 5 has static shapes and touches only the columns
-right of the block (the reference's ``N·B·(K - i2)`` flops; a traced block loop would need
-the full width with the columns ``< i2`` masked, twice the work overall; that path is kept as
-``_gptq(..., masked_update=True)`` for the equality test and the benchmark). A ``K`` that is
+Both loops run inside one ``jit``: the column loop is a ``lax.fori_loop``, and so is the block
+loop, whose trailing update of step 5 then runs at full width with the columns ``< i2``
+masked (twice the reference's ``N·B·(K - i2)`` flops overall). ``_gptq(...,
+masked_update=False)`` unrolls the block loop instead, so the update touches only the
+columns right of the block, as the reference does; it gives identical codes (tested) but its
+compile time grows with ``K / B`` and on SmolLM2's shapes it was not faster on a CPU
+(``python -m benchmarks.gptq_update``), so it is not the default. A ``K`` that is
 not a multiple of ``B`` is padded with identity-Hessian zero columns (exactly equivalent: padded
 columns come last and ``U`` is block diagonal across the padding). All matmuls run in full
 float32 precision (float64 inputs stay float64, which the tests use for exact comparisons).
@@ -159,7 +161,7 @@ def inverse_hessian_factor(h, damp):
                                              "static_groups", "block_size", "sym",
                                              "zero_in_range", "masked_update"))
 def _gptq(w, h, damp, *, bits, group_size, dim, act_order, static_groups, block_size, sym,
-          zero_in_range, masked_update=False):
+          zero_in_range, masked_update=True):
   """Jitted core; returns codes ``[K, N]``, scales, zeros, perm, used damp, ok."""
   k, n = w.shape
   g, bsize = group_size, block_size

@@ -176,10 +176,10 @@ def test_inverse_factor_is_the_upper_cholesky_of_the_damped_inverse():
 @pytest.mark.parametrize("case", [REFERENCE_CASES[1], REFERENCE_CASES[5]],
                          ids=lambda c: "-".join(map(str, c)))
 def test_exact_width_update_equals_the_masked_full_width_path(case):
-  """The unrolled block loop (trailing update on W[:, i2:] only, half the flops) gives
-  exactly the codes, scales and zeros of the old full-width masked update, in float32 on a
-  K that needs padding (three blocks). (test_matches_numpy_reference checks the new path
-  against the reference.)"""
+  """The unrolled block loop (``masked_update=False``: trailing update on W[:, i2:] only,
+  half the flops) gives exactly the codes, scales and zeros of the default full-width masked
+  update, in float32 on a K that needs padding (three blocks). (test_matches_numpy_reference
+  checks the default path against the reference.)"""
   dim, act_order, static_groups, bits, g, block, zero_in_range, sym = case
   w, h = _layer(80, 48, seed=7)
   w, h = jnp.asarray(w, jnp.float32), jnp.asarray(h, jnp.float32)
@@ -187,7 +187,7 @@ def test_exact_width_update_equals_the_masked_full_width_path(case):
                 static_groups=static_groups, block_size=block, sym=sym,
                 zero_in_range=zero_in_range)
   with jax.default_matmul_precision("highest"):
-    new = gptq_module._gptq(w, h, jnp.float32(0.01), **kwargs)
+    new = gptq_module._gptq(w, h, jnp.float32(0.01), masked_update=False, **kwargs)
     old = gptq_module._gptq(w, h, jnp.float32(0.01), masked_update=True, **kwargs)
   for a, b in zip(new, old):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
