@@ -15,6 +15,7 @@ for the tools that read exports (``quant/``, ``infer/``, reports).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -28,6 +29,7 @@ import ml_collections
 import optax
 from absl import logging
 
+from configs import common as config_defaults
 from core import checkpoint as ckpt_lib
 from core import sharding as sharding_lib
 from models import registry
@@ -54,6 +56,39 @@ def _identity(cfg_dict: dict) -> dict:
   return json.loads(json.dumps(ident, default=str))
 
 
+_MISSING = object()
+
+
+def _differing_keys(old, new, default, path=""):
+  """Dotted keys whose values differ. A key one side lacks counts as its default value, so
+  a run saved before a config key existed still resumes when the key keeps its default."""
+  if not (isinstance(old, dict) and isinstance(new, dict)):
+    return [] if old == new else [path or "<root>"]
+  default = default if isinstance(default, dict) else {}
+  diffs = []
+  for k in sorted(set(old) | set(new)):
+    d = default.get(k, _MISSING)
+    o, n = old.get(k, d), new.get(k, d)
+    if o is _MISSING or n is _MISSING:  # a key with no default that only one side has
+      diffs.append(f"{path}{k}")
+    else:
+      diffs += _differing_keys(o, n, d, f"{path}{k}.")
+  return [p.rstrip(".") for p in diffs]
+
+
+def _identity_defaults(cfg_dict: dict) -> dict:
+  """Default values of the identity keys: configs/common.py's, and the model's dataclass."""
+  default = _identity(json.loads(config_defaults.base_config().to_json_best_effort()))
+  module = registry.get(str(cfg_dict.get("model", {}).get("name", registry.DEFAULT)))
+  default["model"] = {f.name: f.default for f in dataclasses.fields(module.Config)
+                      if f.default is not dataclasses.MISSING}
+  return json.loads(json.dumps(default, default=str))
+
+
+def _run_identity_diffs(old_cfg: dict, new_cfg: dict) -> list[str]:
+  return _differing_keys(_identity(old_cfg), _identity(new_cfg), _identity_defaults(new_cfg))
+
+
 def check_workdir(config, workdir: Path, *, overwrite: bool) -> None:
   """Refuses a workdir that holds a run with another config (writes nothing)."""
   cfg_file = workdir / "config.json"
@@ -62,10 +97,10 @@ def check_workdir(config, workdir: Path, *, overwrite: bool) -> None:
   if not cfg_file.exists() or overwrite:
     return
   old, new = json.loads(cfg_file.read_text()), json.loads(config.to_json_best_effort())
-  if _identity(old) != _identity(new):
-    diffs = [k for k in _identity(new) if _identity(old).get(k) != _identity(new).get(k)]
+  diffs = _run_identity_diffs(old, new)
+  if diffs:
     raise IncompatibleWorkdirError(
-        f"workdir {workdir} holds a run with a different config (sections {diffs} "
+        f"workdir {workdir} holds a run with a different config ({', '.join(diffs)} "
         "differ), so it cannot be resumed. Use another --workdir, or pass --overwrite "
         "to delete that run and start afresh.")
 
@@ -76,7 +111,7 @@ def prepare_workdir(config, workdir: Path, *, overwrite: bool) -> None:
   cfg_file = workdir / "config.json"
   new = json.loads(config.to_json_best_effort())
   if cfg_file.exists() and overwrite and \
-      _identity(json.loads(cfg_file.read_text())) != _identity(new):
+      _run_identity_diffs(json.loads(cfg_file.read_text()), new):
     logging.warning("--overwrite: deleting the previous run in %s", workdir)
     for name in ("checkpoints", "checkpoints_superseded", "metrics.jsonl", "tensorboard",
                  "export", "samples", RESTORE_RECORD):

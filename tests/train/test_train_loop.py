@@ -183,12 +183,29 @@ def test_incompatible_workdir_is_refused_unless_overwrite(data_dir, tmp_path):
   other = small_config(data_dir)
   other.model.d_model = 64
   other.model.mlp_dim = 128
-  with pytest.raises(loop.IncompatibleWorkdirError, match=r"\['model'\].*--overwrite"):
+  with pytest.raises(loop.IncompatibleWorkdirError,
+                     match=r"model\.d_model, model\.mlp_dim differ.*--overwrite"):
     loop.prepare_workdir(other, tmp_path, overwrite=False)
   longer = small_config(data_dir, steps=100)  # only the length changed: still resumable
   loop.prepare_workdir(longer, tmp_path, overwrite=False)
   loop.prepare_workdir(other, tmp_path, overwrite=True)
   assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_run_saved_before_a_config_key_existed_still_resumes(data_dir, tmp_path):
+  """A key added to configs/common.py later is absent from an old run's config.json; at its
+  default value it must not make the run unresumable, at another value it must."""
+  config = small_config(data_dir)
+  loop.prepare_workdir(config, tmp_path, overwrite=False)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  key = "fp8_activations"  # added to the transformer's config after runs already existed
+  del saved["model"][key]  # as written by a version of effijax before `key` existed
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  loop.check_workdir(small_config(data_dir), tmp_path, overwrite=False)
+  changed = small_config(data_dir)
+  changed.model[key] = True
+  with pytest.raises(loop.IncompatibleWorkdirError, match=rf"model\.{key} differ"):
+    loop.check_workdir(changed, tmp_path, overwrite=False)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
