@@ -39,6 +39,18 @@ def is_user_error(e: BaseException) -> bool:
   return isinstance(e, USER_ERRORS) or type(e).__name__ in USER_ERROR_NAMES
 
 
+def report_user_errors(body: Callable[[], int | None], *, verbose: bool = False) -> int:
+  """For the argparse CLIs: ``body()``'s exit status, or, on a user error, one ``error:`` line
+  on stderr and :data:`EXIT_USAGE` (bugs keep their traceback, as in :func:`run`)."""
+  try:
+    return body() or 0
+  except Exception as e:  # pylint: disable=broad-except
+    if verbose or not is_user_error(e):
+      raise
+    print(f"error: {str(e).strip()}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
 def run(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None,
         *, precheck: Callable[[Sequence[str]], None] | None = None):
   """Parses absl flags, runs ``main(remaining argv)`` and exits with its status.

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import checkpoint
+from core import checkpoint, cli
 from models import gguf_dequant, hf_import, registry
 from models import transformer as T
 
@@ -264,13 +264,10 @@ def main(argv=None) -> int:
   p.add_argument("--overwrite", action="store_true", help="replace an existing dense export")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   args = p.parse_args(argv)
-  try:
+  def body():
     cfg = import_gguf(args.gguf, args.out, dtype=args.dtype, overwrite=args.overwrite)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(f"wrote {args.out}: {cfg.num_params():,} params, {cfg.n_layers} layers")
-  return 0
+    print(f"wrote {args.out}: {cfg.num_params():,} params, {cfg.n_layers} layers")
+  return cli.report_user_errors(body)
 
 
 if __name__ == "__main__":

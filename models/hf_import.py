@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
-from core import checkpoint
+from core import checkpoint, cli
 from models import registry
 from models import transformer as T
 
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
   p.add_argument("--tokenizer", default=None,
                  help="tokenizer spec; default hf:HF/tokenizer.json when it exists")
   args = p.parse_args(argv)
-  try:
+  def body():
     checkpoint.check_export_destination(args.out, kind="dense", overwrite=args.overwrite,
                                         sources=[args.hf])
     cfg, params = load_hf_llama(args.hf)
@@ -191,11 +191,8 @@ def main(argv=None) -> int:
                            extra={"tokenizer": tok or "byte",
                                   "source": str(Path(args.hf).absolute())},
                            overwrite=args.overwrite, sources=[args.hf])
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(f"wrote {args.out}: {cfg.num_params():,} params, {cfg.n_layers} layers")
-  return 0
+    print(f"wrote {args.out}: {cfg.num_params():,} params, {cfg.n_layers} layers")
+  return cli.report_user_errors(body)
 
 
 if __name__ == "__main__":

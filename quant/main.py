@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from core import checkpoint
+from core import checkpoint, cli
 from data import pipeline, tokenizers
 from models import registry
 from models import transformer as T
@@ -213,12 +213,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  try:
-    run(args)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  return cli.report_user_errors(lambda: run(args) and None)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pytest
 gguf = pytest.importorskip("gguf")  # in the dev extra; the message says what to install
 
 from core import checkpoint  # noqa: E402
-from models import gguf_dequant, gguf_import, registry  # noqa: E402
+from models import gguf_dequant, gguf_import, hf_import, registry  # noqa: E402
 from models import transformer as T  # noqa: E402
 from tests import snapshot  # noqa: E402
 
@@ -222,3 +222,14 @@ def test_smollm2_logits_match_transformers(smollm2_export, smollm2_hf):
   # float32 both sides; logits reach ~40, summation order differs: 5e-4 absolute.
   np.testing.assert_allclose(got, want, atol=5e-4, rtol=0)
   assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_cli_reports_a_bad_path_in_one_line(tmp_path, capsys):
+  """Both importers' CLIs: a user error is one `error:` line and exit status 2, no file."""
+  out = tmp_path / "out"
+  assert gguf_import.main(["--gguf", str(tmp_path / "missing.gguf"), "--out", str(out)]) == 2
+  assert hf_import.main(["--hf", str(tmp_path / "missing"), "--out", str(out)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 2 and all(line.startswith("error: ") for line in err), err
+  assert "missing.gguf" in err[0] and "missing" in err[1]
+  assert not out.exists()
