@@ -121,6 +121,8 @@ KEY_DOCS = {
     "model.remat": "rematerialize each block in the backward pass (memory for FLOPs)",
     "model.fp8_activations": "COAT: keep activations for the backward pass in FP8 E4M3 "
                              "(linear inputs per-tensor, norm/SwiGLU inputs per 1x16 group)",
+    "model.attention_block": "0: dense attention; > 0: blockwise (FlashAttention-style) "
+                             "attention with this block size, no [T, T] scores in memory",
     "model.image_size": "input images are image_size x image_size",
     "model.in_channels": "input image channels",
     "model.num_classes": "classifier outputs",

@@ -2,7 +2,9 @@
 
 * **dense** (no cache): softmax attention that is causal *within* packed segments: token
   ``t`` attends to ``s <= t`` only when ``segment_ids[s] == segment_ids[t] != 0``, so
-  documents packed into one row never see each other. Training and full forwards.
+  documents packed into one row never see each other. Training and full forwards; with
+  ``block > 0`` the same function computed blockwise (FlashAttention's algorithm, no
+  ``[T, T]`` scores kept: :mod:`models.blockwise_attention`).
 * **KV cache** (``{"k", "v": [B, S_max, Hkv, D]}`` indexed by absolute position): the new
   keys are written at their ``positions``; each query attends to every cached slot ``<=`` its
   own position. Decoding without shared prefixes.
@@ -21,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels_pallas import prefix_attention as pa
+from models.blockwise_attention import blockwise_attention
 
 
 def dot_product_attention(q, k, v, mask, *, return_lse: bool = False):
@@ -57,14 +60,18 @@ def segment_mask(segment_ids):
           & (segment_ids[:, :, None] != 0))
 
 
-def attend(q, k, v, *, positions, segment_ids, cache=None, impl: str = "auto"):
+def attend(q, k, v, *, positions, segment_ids, cache=None, impl: str = "auto", block: int = 0):
   """Attention of q over k/v (and the cache): ``(out [B, T, Hq, D], new cache or None)``.
 
   q: ``[B, T, Hq, D]``; k, v: this call's ``[B, T, Hkv, D]`` (RoPE applied);
   positions, segment_ids: ``int32 [B, T]``; cache: None, a KV cache or a Hydragen cache
   (see the module docstring); impl: the kernel implementation of the Hydragen path
-  (``kernels_pallas.common`` policy).
+  (``kernels_pallas.common`` policy); block: without a cache, 0 = dense, > 0 = blockwise
+  attention with this block size (the same function without the ``[T, T]`` scores:
+  :mod:`models.blockwise_attention`).
   """
+  if cache is None and block:
+    return blockwise_attention(q, k, v, segment_ids, block_q=block, block_k=block), None
   if cache is None:
     return dot_product_attention(q, k, v, segment_mask(segment_ids)), None
   if "levels" in cache:

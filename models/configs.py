@@ -42,12 +42,18 @@ class ModelConfig(_Dict):
   param_dtype: str = "float32"
   remat: bool = False  # rematerialize each block in the backward pass
   fp8_activations: bool = False  # COAT: keep backward-pass activations in E4M3 (models/fp8_act)
+  # 0: dense attention (the [T, T] scores are materialized and saved for the backward pass);
+  # > 0: blockwise attention with this query/key block (models/blockwise_attention.py).
+  attention_block: int = 0
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
                  "mlp_dim"):
       if int(getattr(self, name)) < 1:
         raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1.")
+    if int(self.attention_block) < 0:
+      raise ValueError(f"model.attention_block={self.attention_block} must be >= 0 "
+                       "(0 = dense attention).")
     if self.n_heads % self.n_kv_heads:
       raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads="
                        f"{self.n_kv_heads} (grouped-query attention).")

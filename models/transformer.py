@@ -59,7 +59,7 @@ class Attention(nnx.Module):
     k = constrain(rope(k, positions, theta=cfg.rope_theta), ("batch", "seq", "act_kv", None))
     v = constrain(v, ("batch", "seq", "act_kv", None))
     out, new_cache = attention.attend(q, k, v, positions=positions, segment_ids=segment_ids,
-                                      cache=cache)
+                                      cache=cache, block=cfg.attention_block)
     out = constrain(out.reshape(b, t, cfg.n_heads * cfg.head_dim), ("batch", "seq", "act_heads"))
     if fp8:
       return fp8_act.dots(out, (self.o_proj.kernel.get_value(),))[0], new_cache
