@@ -81,3 +81,37 @@ def test_real_model_same_loss_and_gradients_within_8_percent():
   # weight gradients average such errors over tokens, so their relative L2 error is below it.
   assert max(rels.values()) < 0.08, rels
   assert min(rels.values()) > 1e-4, rels  # and the FP8 residuals are really used
+
+
+def _mlp_stack(n_layers: int, fp8: bool):
+  """``n_layers`` residual SwiGLU MLPs, the FP8 path (models/fp8_act) or the plain one."""
+  def loss(x, ws):
+    for w1, w2, w3 in ws[:n_layers]:
+      if fp8:
+        a, b = fp8_act.dots(x, (w1, w2))
+        x = x + fp8_act.dots(fp8_act.swiglu(a, b), (w3,))[0]
+      else:
+        x = x + (jax.nn.silu(x @ w1) * (x @ w2)) @ w3
+    return jnp.sum(x.astype(jnp.float32) ** 2)
+  return jax.grad(loss, argnums=(0, 1))
+
+
+def test_compiled_backward_keeps_fewer_bytes_per_layer_on_the_h200_compiler():
+  """The saving is in the compiled program: bytes kept per extra layer (the slope of the
+  temporaries over depth) are smaller with FP8 on. XLA:CPU upcasts bf16 matmuls, so the check
+  uses the H200 compiler (deviceless AOT)."""
+  from tests import aot  # noqa: PLC0415 (only this test needs the target compilers)
+  dev = aot.devices("h200")[0]
+  t, d, m = 4096, 256, 1024
+  x = jax.ShapeDtypeStruct((t, d), jnp.bfloat16)
+  ws = [tuple(jax.ShapeDtypeStruct(s, jnp.bfloat16) for s in ((d, m), (d, m), (m, d)))] * 4
+
+  def temp(n_layers, fp8):
+    step = jax.jit(_mlp_stack(n_layers, fp8))
+    compiled = step.lower(*aot.on(dev, (x, ws[:n_layers]))).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  plain, fp8 = [(temp(4, f) - temp(2, f)) / 2 for f in (False, True)]
+  # Kept per layer: plain bf16 x, x@w1, x@w2, h = 26 MiB; FP8 E4M3 + scales ~ 16 MiB; both
+  # plus the layer's weight gradients.
+  assert fp8 < 0.85 * plain, (plain, fp8)
