@@ -13,7 +13,13 @@ needs no system package and no network. We drive the C API directly (espeak-ng's
 
 In synchronous mode ``espeak_Synth`` calls the callback with int16 chunks before returning.
 espeak-ng keeps global state (one voice, one callback per process), so `Synthesizer` is a
-process-wide singleton guarded by a lock. The 22.05 kHz output is resampled to 16 kHz with a
+process-wide singleton guarded by a lock. That state also carries over from one utterance to
+the next (the same text spoken twice in one process gives slightly different samples, even
+after a re-initialization), and espeak-ng seeds its noise generator (breathy voices, klatt)
+from the clock. A fresh process that sets ``espeak_ng_SetRandSeed`` before each utterance
+always produces the same sequence. So :func:`synthesize_chunks` speaks each chunk of utterances in a fresh
+spawned process: the audio is a pure function of the chunk, whatever ran before, and chunks
+run in parallel. The 22.05 kHz output is resampled to 16 kHz with a
 polyphase windowed-sinc filter: 16000 / 22050 = 320 / 441 (``scipy.signal.resample_poly``,
 Kaiser window, which also low-passes at the new Nyquist frequency before decimating).
 """
@@ -21,7 +27,9 @@ from __future__ import annotations
 
 import ctypes
 import math
+import multiprocessing
 import threading
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from scipy import signal
@@ -70,8 +78,10 @@ class Synthesizer:
     return 0  # 0 = continue synthesis
 
   def synthesize(self, text: str, *, voice: str = "en-us", rate: int = 175,
-                 pitch: int = 50, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """int16 audio of ``text`` spoken by ``voice`` at ``rate`` words/minute and ``pitch``."""
+                 pitch: int = 50, seed: int | None = None,
+                 sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """int16 audio of ``text`` spoken by ``voice`` at ``rate`` words/minute and ``pitch``;
+    ``seed`` seeds espeak-ng's noise generator first (otherwise seeded from the clock)."""
     if not text or not text.strip():
       raise ValueError("cannot synthesize an empty text; give at least one word.")
     if not MIN_RATE <= rate <= MAX_RATE:
@@ -85,6 +95,8 @@ class Synthesizer:
                          "optional variant such as 'en-us', 'en-gb-x-rp+f2', 'en+m3'.")
       self._lib.espeak_SetParameter(_RATE, int(rate), 0)
       self._lib.espeak_SetParameter(_PITCH, int(pitch), 0)
+      if seed is not None:
+        self._lib.espeak_ng_SetRandSeed(ctypes.c_long(int(seed)))
       self._chunks = []
       raw = text.encode("utf-8") + b"\0"
       err = self._lib.espeak_Synth(raw, ctypes.c_size_t(len(raw)), 0, _POS_CHARACTER, 0,
@@ -112,3 +124,34 @@ def synthesizer() -> Synthesizer:
 def synthesize(text: str, **kwargs) -> np.ndarray:
   """Shortcut for ``synthesizer().synthesize(text, ...)``: int16 audio at 16 kHz."""
   return synthesizer().synthesize(text, **kwargs)
+
+
+def speak_fitting(text: str, voice: str, rate: int, pitch: int, seed: int,
+                  max_seconds: float) -> tuple[str, np.ndarray]:
+  """``(transcript, int16 16 kHz audio)``: words are removed from the end (and the rest
+  re-spoken) until the audio fits ``max_seconds``, so the transcript is exactly what is said."""
+  words = text.split()
+  while True:
+    audio = synthesize(" ".join(words), voice=voice, rate=rate, pitch=pitch, seed=seed)
+    if audio.size <= max_seconds * SAMPLE_RATE or len(words) == 1:
+      return " ".join(words), audio
+    keep = min(len(words) - 1, int(len(words) * max_seconds * SAMPLE_RATE / audio.size))
+    words = words[:max(1, keep)]
+
+
+Job = tuple  # (text, voice, rate, pitch, seed, max_seconds)
+
+
+def _speak_chunk(jobs: Sequence[Job]) -> list[tuple[str, np.ndarray]]:
+  return [speak_fitting(*job) for job in jobs]
+
+
+def synthesize_chunks(chunks: Iterable[Sequence[Job]], *,
+                      num_workers: int = 2) -> Iterator[list[tuple[str, np.ndarray]]]:
+  """Speaks each chunk of jobs in its own fresh process (spawned; ``num_workers`` at a time)
+  and yields the chunks' results in order. Deterministic: see the module docstring."""
+  if not isinstance(num_workers, int) or num_workers < 1:
+    raise ValueError(f"num_workers={num_workers!r} must be a positive int.")
+  ctx = multiprocessing.get_context("spawn")  # fork would copy this process's espeak state
+  with ctx.Pool(processes=num_workers, maxtasksperchild=1) as pool:
+    yield from pool.imap(_speak_chunk, chunks, chunksize=1)

@@ -18,6 +18,8 @@ Batch contract (host-local numpy)::
   tokens     int32   [B, L_k]  bos, text pieces, eos, then tokenizer.pad_id
   token_len  int32   [B]       including bos and eos (0 for padding rows)
   bucket     int               which bucket (static shape) this batch has
+  index      int64   [B]       example index in the split, -1 for padding rows (host-side
+                               bookkeeping, e.g. reference transcripts: not a model input)
 
 The decoder reads ``tokens[:, :-1]`` and predicts ``tokens[:, 1:]`` where the target position
 is ``< token_len``. Features are NOT precomputed: the model task computes
@@ -145,7 +147,7 @@ class AsrBatches:
       tokens[row, :toks.size] = toks
       audio_len[row], token_len[row] = wav.size, toks.size
     return {"audio": audio, "audio_len": audio_len, "tokens": tokens, "token_len": token_len,
-            "bucket": k}
+            "bucket": k, "index": indices}
 
 
 def make_asr_batches(builder, split: str, tokenizer, **kwargs) -> AsrBatches:

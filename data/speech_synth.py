@@ -12,15 +12,16 @@ no split shares a sentence; each split's sentences, in file order, form its word
 Utterances. Utterance ``i`` of a split draws, from ``default_rng([seed, split, i])``: a target
 duration ``T = exp(N(log median_seconds, sigma))`` clipped to ``[min_seconds, max_seconds]``
 (a log-normal: most utterances are a few seconds, with a long tail to ~30 s, like real ASR
-sets), a voice (language x variant: the speaker), a rate in words/minute and a pitch. It
+sets), a voice (language x variant: the speaker), a rate in words/minute, a pitch and a noise seed. It
 takes the next ``max(1, round(T * rate / 60))`` words of the split's stream (wrapping
 around), speaks them and resamples to 16 kHz (:mod:`data.espeak`); a result longer than
 ``max_seconds`` loses words from its end until it fits, and the transcript is always exactly
-the words spoken.
+the words spoken. Each chunk of 64 utterances is spoken in a fresh process (espeak-ng carries
+state between utterances), so the audio is reproducible.
 
 Features: ``audio`` int16 ``[n]`` at 16 kHz, ``text`` (normalized transcript), ``duration``
 float32 seconds (``n / 16000``), ``speaker`` (the espeak voice, e.g. ``en-us+f2``), ``rate``
-and ``pitch`` int32. Splits: ``train`` (``num_train``), ``validation`` and ``test``
+and ``pitch`` int32; example ``i`` of a split is utterance ``i`` of its plan. Splits: ``train`` (``num_train``), ``validation`` and ``test``
 (``num_eval`` each). The same voices speak in every split (held-out text, not held-out
 speakers).
 
@@ -135,6 +136,7 @@ class Utterance:
   rate: int
   pitch: int
   target_seconds: float
+  seed: int  # espeak-ng's noise seed
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -170,19 +172,31 @@ def plan_split(config: SpeechConfig, split: str) -> list[Utterance]:
     n = max(1, round(target * rate / 60.0))
     chosen = [words[(cursor + j) % len(words)] for j in range(n)]
     cursor = (cursor + n) % len(words)
-    plan.append(Utterance(" ".join(chosen), voice, rate, pitch, target))
+    seed = int(rng.integers(1 << 31))
+    plan.append(Utterance(" ".join(chosen), voice, rate, pitch, target, seed))
   return plan
 
 
-def speak(utt: Utterance, max_seconds: float) -> tuple[str, np.ndarray]:
-  """(transcript, int16 16 kHz audio); words are removed from the end until it fits."""
-  words = utt.text.split()
-  while True:
-    audio = espeak.synthesize(" ".join(words), voice=utt.voice, rate=utt.rate, pitch=utt.pitch)
-    if audio.size <= max_seconds * SAMPLE_RATE or len(words) == 1:
-      return " ".join(words), audio
-    keep = min(len(words) - 1, int(len(words) * max_seconds * SAMPLE_RATE / audio.size))
-    words = words[:max(1, keep)]
+CHUNK = 64  # utterances per fresh synthesis process (fixed: part of the determinism)
+
+
+def synthesize_split(config: SpeechConfig, split: str, *, start: int = 0,
+                     stop: int | None = None, num_workers: int = 2):
+  """Yields ``(index, transcript, int16 audio, utterance)`` for utterances ``start:stop`` of
+  ``split``, each chunk of :data:`CHUNK` in a fresh process (:func:`data.espeak.
+  synthesize_chunks`), so the audio does not depend on what this process spoke before."""
+  plan = plan_split(config, split)
+  stop = len(plan) if stop is None else stop
+  if start % CHUNK:
+    raise ValueError(f"start={start} must be a multiple of CHUNK={CHUNK} (chunk boundaries "
+                     "are fixed so that the audio is reproducible).")
+  bounds = [(i, min(i + CHUNK, stop)) for i in range(start, stop, CHUNK)]
+  chunks = ([(u.text, u.voice, u.rate, u.pitch, u.seed, config.max_seconds)
+             for u in plan[a:b]]
+            for a, b in bounds)
+  for (a, _), results in zip(bounds, espeak.synthesize_chunks(chunks, num_workers=num_workers)):
+    for offset, (text, audio) in enumerate(results):
+      yield a + offset, text, audio, plan[a + offset]
 
 
 def make_config(*, num_train: int = 4000, num_eval: int = 200, seed: int = 0,
@@ -217,7 +231,8 @@ class SyntheticSpeech(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "espeak-ng utterances, rules in data/speech_synth.py."}
 
-  def __init__(self, *, file_format=None, **kwargs):
+  def __init__(self, *, file_format=None, num_workers: int = 2, **kwargs):
+    self._num_workers = num_workers  # synthesis processes; does not change the data
     super().__init__(file_format=file_format or "array_record", **kwargs)
 
   @tfds.core.utils.classproperty
@@ -242,6 +257,7 @@ class SyntheticSpeech(tfds.core.GeneratorBasedBuilder):
             "pitch": tfds.features.Scalar(dtype=np.int32),
         }),
         homepage="https://github.com/espeak-ng/espeak-ng",
+        disable_shuffling=True,  # keep plan order: example i of a split is utterance i
         metadata=tfds.core.MetadataDict(
             sample_rate=SAMPLE_RATE, seed=config.seed, median_seconds=config.median_seconds,
             sigma=config.sigma, min_seconds=config.min_seconds, max_seconds=config.max_seconds,
@@ -255,8 +271,7 @@ class SyntheticSpeech(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str):
     config = self.builder_config
-    for i, utt in enumerate(plan_split(config, split)):
-      text, audio = speak(utt, config.max_seconds)
+    for i, text, audio, utt in synthesize_split(config, split, num_workers=self._num_workers):
       yield i, {"audio": audio, "text": text, "duration": np.float32(audio.size / SAMPLE_RATE),
                 "speaker": utt.voice, "rate": utt.rate, "pitch": utt.pitch}
 
@@ -267,8 +282,9 @@ _BUILDERS: dict[tuple, SyntheticSpeech] = {}
 def load_builder(data_dir: str | None = None, *, num_train: int = 4000, num_eval: int = 200,
                  seed: int = 0, median_seconds: float = 4.0, sigma: float = 0.8,
                  min_seconds: float = 0.4, max_seconds: float = 30.0,
-                 max_files: int | None = None) -> SyntheticSpeech:
-  """Returns the prepared builder, synthesizing the corpus (once, atomically) if needed."""
+                 max_files: int | None = None, num_workers: int = 2) -> SyntheticSpeech:
+  """Returns the prepared builder, synthesizing the corpus (once, atomically) if needed
+  with ``num_workers`` synthesis processes (the data does not depend on it)."""
   kwargs = dict(num_train=num_train, num_eval=num_eval, seed=seed,
                 median_seconds=median_seconds, sigma=sigma, min_seconds=min_seconds,
                 max_seconds=max_seconds, max_files=max_files)
@@ -277,7 +293,8 @@ def load_builder(data_dir: str | None = None, *, num_train: int = 4000, num_eval
   if builder is None or not builder.is_prepared():
     config = make_config(**kwargs)
     with stdlib_corpus._quiet_tfds():  # pylint: disable=protected-access
-      builder = SyntheticSpeech(config=config, data_dir=key[0], file_format="array_record")
+      builder = SyntheticSpeech(config=config, data_dir=key[0], file_format="array_record",
+                                num_workers=num_workers)
     if not builder.is_prepared():
       start = time.perf_counter()
       print(f"synthesizing {NAME} once ({num_train} + 2 x {num_eval} utterances) into "
