@@ -46,8 +46,9 @@ BATCH_KEYS = ("audio", "audio_len", "tokens", "token_len")
 
 
 def bucket_samples(max_duration: float, sample_rate: int = SAMPLE_RATE) -> int:
-  """Static audio length of a bucket: ceil(max_duration * rate), robust to float noise."""
-  return int(math.ceil(max_duration * sample_rate - 1e-6))
+  """Static audio length of a bucket: ceil(max_duration * rate) after rounding away float
+  noise, the rule of ``BucketedBatches.static_shapes`` (what the OOMptimizer compiles)."""
+  return int(math.ceil(round(max_duration * sample_rate, 6)))
 
 
 def tokenize_transcripts(texts: Sequence[str], tokenizer) -> list[np.ndarray]:
@@ -113,9 +114,15 @@ class AsrBatches:
     return list(self._batches.batch_sizes)
 
   def bucket_shapes(self) -> list[tuple[int, int]]:
-    """Per bucket, the static (audio samples, tokens) of its batches."""
-    return [(bucket_samples(d, self.sample_rate), int(t))
-            for d, t in zip(self.grid.max_duration, self.grid.max_tokens)]
+    """Per bucket, the static (audio samples, tokens) of its batches (the same shapes as
+    ``BucketedBatches.static_shapes``)."""
+    return [(s["num_samples"], s["max_tokens"])
+            for s in self._batches.static_shapes(self.sample_rate)]
+
+  def static_shapes(self) -> list[dict[str, int]]:
+    """``BucketedBatches.static_shapes``: per bucket this process's batch size, samples and
+    tokens (what compiles; the OOMptimizer's search space)."""
+    return self._batches.static_shapes(self.sample_rate)
 
   def get_state(self) -> dict[str, Any]:
     return self._batches.get_state()

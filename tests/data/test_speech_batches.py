@@ -35,6 +35,7 @@ def test_batches_have_bucket_shapes_and_exact_contents():
   source, samples, texts = fake_corpus()
   it = make(source, samples, texts, shuffle=False, num_epochs=1, remainder="pad")
   shapes = it.bucket_shapes()
+  assert [(s["num_samples"], s["max_tokens"]) for s in it.static_shapes()] == shapes
   seen = []
   for batch in it:
     k = batch["bucket"]
@@ -117,7 +118,8 @@ def test_bad_input_is_refused_with_a_reason():
 
 
 def test_bucket_samples_never_cuts_audio():
-  for n in (1, 159, 16000, 16001, 123457):
+  for n in (1, 159, 16000, 16001, 123457, 64000):
     assert speech.bucket_samples(n / 16000) == n
+  assert speech.bucket_samples(4.0) == 64000 and speech.bucket_samples(4.00001) == 64001
   grid = bucketing.BucketGrid((0.5, 1.0), (10, 20))
   assert [speech.bucket_samples(d) for d in grid.max_duration] == [8000, 16000]

@@ -142,3 +142,14 @@ def test_asr_batches_from_the_built_corpus(tiny_builder):
       length = batch["token_len"][row]
       assert tok.decode(batch["tokens"][row, 1:length - 1].tolist()) == meta["text"][i]
   assert sorted(seen) == list(range(8))
+
+
+def test_readme_snippet_runs():
+  import pathlib
+  from tests.readme_snippets import python_blocks
+  blocks = python_blocks(pathlib.Path(__file__).parents[2] / "README.md",
+                         "### Speech corpus (`data/speech_synth.py`, `data/audio.py`, "
+                         "`data/speech.py`)")
+  assert blocks, "README lost its speech corpus section"
+  for code in blocks:
+    exec(compile(code, "README.md", "exec"), {})  # pylint: disable=exec-used
