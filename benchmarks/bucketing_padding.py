@@ -125,8 +125,10 @@ def main(argv=None):
                 else args.data_dir)
     corpus = speech_corpus(256 if args.quick else args.num_train, data_dir)
   n = len(corpus[0]) if corpus else 5_000 if args.quick else args.num_examples
-  buckets = min(args.num_buckets, 8) if args.quick and corpus else args.num_buckets
-  rows = run(n, args.max_duration, args.seed, num_buckets=buckets, corpus=corpus)
+  tiny = args.quick and corpus is not None  # 256 utterances: fewer buckets, smaller batches
+  buckets = min(args.num_buckets, 8) if tiny else args.num_buckets
+  max_duration = min(args.max_duration, 60.0) if tiny else args.max_duration
+  rows = run(n, max_duration, args.seed, num_buckets=buckets, corpus=corpus)
   for r in rows:
     print(f"{r['method']:>12}: padding {100 * r['duration']:5.1f}% of audio seconds, "
           f"{100 * r['tokens']:5.1f}% of tokens; {r['batches']} batches, mean batch "
@@ -134,7 +136,7 @@ def main(argv=None):
   tag = "speech" if corpus else None
   out = args.out or result_path("bucketing_padding", tag=tag, quick=args.quick)
   path = write_result("bucketing_padding", out=out, tag=tag,
-                      config={"num_examples": n, "max_duration": args.max_duration,
+                      config={"num_examples": n, "max_duration": max_duration,
                               "seed": args.seed, "num_buckets": buckets, "num_subbuckets": 2,
                               "corpus": args.corpus},
                       results=rows)
