@@ -42,6 +42,7 @@ def speech_config() -> ml_collections.ConfigDict:
       "num_train": 4000,            # utterances in train (validation/test: num_eval each)
       "num_eval": 200,
       "corpus_seed": 0,
+      "max_files": None,            # stdlib files the sentences come from (None: all)
       "tokenizer_vocab": 256,       # SentencePiece unigram fit on the train transcripts
       "train_split": "train",
       "eval_split": "validation",

@@ -176,7 +176,8 @@ def load_corpus(cfg) -> tuple[Any, Any]:
                      f"locally built {speech_synth.NAME!r} corpus only.")
   builder = speech_synth.load_builder(
       _cfg_get(cfg, "data_dir"), num_train=int(_cfg_get(cfg, "num_train", 4000)),
-      num_eval=int(_cfg_get(cfg, "num_eval", 200)), seed=int(_cfg_get(cfg, "corpus_seed", 0)))
+      num_eval=int(_cfg_get(cfg, "num_eval", 200)), seed=int(_cfg_get(cfg, "corpus_seed", 0)),
+      max_files=_cfg_get(cfg, "max_files"))
   path = speech_synth.train_tokenizer(builder, int(_cfg_get(cfg, "tokenizer_vocab", 256)))
   return builder, tokenizers_lib.get_tokenizer("sentencepiece:" + path)
 

@@ -3,7 +3,7 @@ utterance plan, a tiny built corpus round trip, the SentencePiece tokenizer on i
 import numpy as np
 import pytest
 
-from data import espeak, speech, speech_synth
+from data import defaults, espeak, speech, speech_synth
 from data import tokenizers as tokenizers_lib
 
 TINY = dict(num_train=8, num_eval=2, max_files=60)
@@ -153,3 +153,21 @@ def test_readme_snippet_runs():
   assert blocks, "README lost its speech corpus section"
   for code in blocks:
     exec(compile(code, "README.md", "exec"), {})  # pylint: disable=exec-used
+
+
+def test_batches_from_config_share_the_train_grid(tiny_builder):
+  cfg = defaults.speech_config()
+  cfg.update(dict(data_dir=str(tiny_builder.data_dir).split("/synthetic_speech")[0],
+                  num_train=8, num_eval=2, max_files=60, tokenizer_vocab=64, num_buckets=2,
+                  num_subbuckets=1, max_duration=60.0))
+  train = speech.batches_from_config(cfg, "train", training=True)
+  assert train.dropped == {"too_long": 0, "tps_outlier": 0}
+  batch = next(train)
+  assert batch["tokens"][:, 0].tolist() == [train.tokenizer.bos_id] * len(batch["tokens"])
+  evaluation = speech.batches_from_config(cfg, "validation", training=False, grid=train.grid)
+  assert evaluation.grid == train.grid  # same static shapes, so no new compiles
+  rows = sum(int((b["index"] >= 0).sum()) for b in evaluation)
+  assert rows + sum(evaluation.dropped.values()) == 2
+  cfg.name = "python_stdlib"
+  with pytest.raises(ValueError, match="reads the locally built 'synthetic_speech'"):
+    speech.batches_from_config(cfg, "train", training=True)
