@@ -51,15 +51,19 @@ def bucket_samples(max_duration: float, sample_rate: int = SAMPLE_RATE) -> int:
   return int(math.ceil(round(max_duration * sample_rate, 6)))
 
 
-def tokenize_transcripts(texts: Sequence[str], tokenizer) -> list[np.ndarray]:
-  """``[bos] + encode(text) + [eos]`` per transcript (int32); empty transcripts raise."""
+def tokenize_transcripts(texts: Sequence[str], tokenizer, *,
+                         bos_eos: bool = True) -> list[np.ndarray]:
+  """``[bos] + encode(text) + [eos]`` per transcript (int32; ``encode(text)`` alone with
+  ``bos_eos=False``, for a model that adds its own); empty transcripts raise."""
   out = []
   for i, text in enumerate(texts):
     if not text or not text.strip():
       raise ValueError(f"example {i} has an empty transcript; an ASR target needs at least "
                        "one word: remove or fix that example.")
     ids = tokenizers_lib.encode_array(tokenizer, text)
-    out.append(np.concatenate([[tokenizer.bos_id], ids, [tokenizer.eos_id]]).astype(np.int32))
+    if bos_eos:
+      ids = np.concatenate([[tokenizer.bos_id], ids, [tokenizer.eos_id]])
+    out.append(np.asarray(ids, dtype=np.int32))
   return out
 
 
@@ -71,6 +75,7 @@ class AsrBatches:
   ``num_buckets`` x ``num_subbuckets`` from these examples. ``batch_sizes`` /
   ``max_duration`` / ``seed`` / ``shuffle`` / ``num_epochs`` / ``num_processes`` /
   ``process_index`` / ``remainder`` go to :class:`data.bucketing.BucketedBatches`.
+  ``bos_eos=False`` leaves bos/eos out of ``tokens`` (and of the token counts bucketed on).
   """
 
   def __init__(self, source, num_samples, texts: Sequence[str], tokenizer, *,
@@ -79,7 +84,7 @@ class AsrBatches:
                max_duration: float | None = None, quadratic_duration: float | None = None,
                seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
                num_processes: int = 1, process_index: int = 0, remainder: str = "carry",
-               strict: bool = False, sample_rate: int = SAMPLE_RATE):
+               strict: bool = False, bos_eos: bool = True, sample_rate: int = SAMPLE_RATE):
     num_samples = np.asarray(num_samples, dtype=np.int64)
     if num_samples.ndim != 1 or num_samples.size != len(texts):
       raise ValueError(f"need one num_samples per transcript, got {num_samples.shape} and "
@@ -88,7 +93,7 @@ class AsrBatches:
       i = int(np.flatnonzero(num_samples <= 0)[0])
       raise ValueError(f"example {i} has no audio samples (empty audio); remove it.")
     self.source, self.tokenizer, self.sample_rate = source, tokenizer, sample_rate
-    self.tokens = tokenize_transcripts(texts, tokenizer)
+    self.tokens = tokenize_transcripts(texts, tokenizer, bos_eos=bos_eos)
     self.num_samples = num_samples
     self.durations = num_samples / sample_rate
     self.num_tokens = np.asarray([t.size for t in self.tokens], dtype=np.int64)

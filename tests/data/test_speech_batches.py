@@ -64,6 +64,16 @@ def test_batches_have_bucket_shapes_and_exact_contents():
   assert len(seen) == len(set(seen))
 
 
+def test_tokens_without_bos_eos():
+  source, samples, texts = fake_corpus(40)
+  it = make(source, samples, texts, bos_eos=False, shuffle=False, num_epochs=1,
+            remainder="pad")
+  for batch in it:
+    for row, i in enumerate(batch["index"]):
+      if i >= 0:
+        assert batch["tokens"][row, :batch["token_len"][row]].tolist() == TOK.encode(texts[i])
+
+
 def test_resume_is_exact_through_json():
   source, samples, texts = fake_corpus()
   full = make(source, samples, texts)
