@@ -400,7 +400,7 @@ def write_report(results: dict, out: pathlib.Path):
     lines += ["", "Dense attention materializes [B, H, T, T] scores and probabilities in f32 for "
               "the backward pass; they dominate these temporaries whether FP8 is on or not. "
               f"Blockwise attention (`model.attention_block={ACT_BLOCK}`, "
-              "models/blockwise_attention.py) keeps none.", ""]
+              "models/blockwise_attention.py) keeps no [T, T] scores.", ""]
   if "layer_activations" in results:
     la = results["layer_activations"]
     met = la["ratio_off_over_fp8"] >= 1.5
