@@ -56,22 +56,36 @@ def settings_for(defense: str | None, **settings) -> dict[str, Any]:
   return {**DEFAULTS[name], **settings}
 
 
+def resolve_key(node, part: str):
+  """The dict key spelled ``part`` (NNX lists have int keys: ``convs/0/kernel``), or None."""
+  if not isinstance(node, dict):
+    return None
+  for k in node:
+    if str(k) == part:
+      return k
+  return None
+
+
 def get_leaf(tree, path: str):
   """The leaf of a nested dict at ``"a/b/c"``; ValueError listing the leaves if absent."""
   node = tree
   for part in path.split("/"):
-    if not isinstance(node, dict) or part not in node:
+    k = resolve_key(node, part)
+    if k is None:
       raise ValueError(f"no parameter {path!r} in the gradient; it has: "
                        f"{', '.join(leaf_paths(tree))}.")
-    node = node[part]
+    node = node[k]
   return node
 
 
 def set_leaf(tree, path: str, value):
-  """A copy of nested dict ``tree`` with the leaf at ``"a/b/c"`` replaced."""
+  """A copy of nested dict ``tree`` with the leaf at ``"a/b/c"`` replaced (keys keep their
+  types; a missing key is added as spelled)."""
   head, *rest = path.split("/")
+  k = resolve_key(tree, head)
+  k = head if k is None else k
   out = dict(tree)
-  out[head] = value if not rest else set_leaf(tree[head], "/".join(rest), value)
+  out[k] = value if not rest else set_leaf(tree.get(k, {}), "/".join(rest), value)
   return out
 
 
