@@ -6,7 +6,8 @@ the last layer, :func:`infer_labels`) to the shared gradient ``g``:
 * **DLG** (Zhu et al., NeurIPS 2019): ``||g' - g||_2^2`` over pixels, L-BFGS (``optax.lbfgs``
   with its zoom line search), unconstrained pixels.
 * **IG**, Inverting Gradients (Geiping et al., NeurIPS 2020): ``1 - <g', g> / (||g'|| ||g||)``
-  (all layers together) ``+ tv * TV(x)``, Adam on the gradient's sign, pixels boxed to [0, 1].
+  (all layers together) ``+ tv * TV(x)``, Adam on the gradient's sign with a decaying
+  learning rate (the ramp below; breaching decays IG's in steps), pixels boxed to [0, 1].
 * **latent** (GI-z / GGL-like latent search): the same cosine loss over ``x = G(z)``, Adam on
   ``z`` with a spherical projection that keeps each ``||z||`` (GIFD's stage 0).
 * **GIFD** (Fang et al., ICCV 2023): stage 0 is the latent search; stage ``k >= 1`` takes the
@@ -203,7 +204,7 @@ def inverting_gradients(shared_grads, model, meta, key):
                          0.0)
   x0 = jax.random.uniform(key, shape)
   x, _ = _adam(objective, x0, aux, x0, 0.0, steps=int(meta.get("steps", 1000)),
-               lr=float(meta.get("lr", 0.1)), signed=True, project="box", ramp=False)
+               lr=float(meta.get("lr", 0.1)), signed=True, project="box", ramp=True)
   return x
 
 
