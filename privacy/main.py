@@ -19,29 +19,13 @@ from absl import flags
 from ml_collections import config_flags
 
 from core import cli
-from privacy import attacks, defenses, image_audit
-from privacy.attacks import image as _image_attacks  # noqa: F401  (registers the attacks)
+from privacy import runner
 
 config_flags.DEFINE_config_file("config", None, "Audit config file (configs/privacy/).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (default: workdirs/privacy/<config>).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing results.json (and a stale prior).")
 flags.mark_flags_as_required(["config"])
-
-MODALITIES = ("images",)
-
-
-def _validate(config):
-  if config.modality not in MODALITIES:
-    raise ValueError(f"config.modality={config.modality!r} is unknown; available: "
-                     f"{', '.join(MODALITIES)}.")
-  for name in config.attacks:
-    attacks.get(name)
-  defenses.settings_for(config.defense, **(dict(config.defenses[config.defense])
-                                           if config.defense in config.defenses else {}))
-  if int(config.batch_size) < 1 or int(config.trials) < 1:
-    raise ValueError(f"batch_size and trials must be >= 1, got {config.batch_size}, "
-                     f"{config.trials}.")
 
 
 def main(argv) -> int:
@@ -55,9 +39,9 @@ def main(argv) -> int:
   if results_path.exists() and not f.overwrite:
     raise cli.UsageError(f"{results_path} exists; pass --overwrite to replace it or choose "
                          f"another --workdir.")
-  _validate(config)  # before any training: a typo fails in a second
+  runner.validate(config)  # before any training: a typo fails in a second
   workdir.mkdir(parents=True, exist_ok=True)
-  results = image_audit.run(config, workdir, overwrite=f.overwrite)
+  results = runner.run(config, workdir, overwrite=f.overwrite)
   record = {"name": name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "config": config.to_dict(), "results": results}
   tmp = results_path.with_suffix(".json.tmp")
