@@ -15,9 +15,10 @@ settings and defaults are those of GIFD's defense experiments (Fang et al., ICCV
   ``dL/dW = r^T delta``, row ``i`` carries ``sum_b r_bi delta_b``. Pass ``features`` (``[B, in]``,
   the client does this when given a ``features_fn``); without it rows are ranked by their
   gradient norm, which at batch 1 is ``|r_i| * ||delta||``: the same order.
-* ``"dpsgd"``: DP-SGD (Abadi et al. 2016) through ``optax.contrib.differentially_private_aggregate``:
-  each example's gradient clipped to ``l2_norm_clip`` (1.0), summed, Gaussian noise of std
-  ``l2_norm_clip * noise_multiplier`` (``noise_multiplier=1.0``) added, divided by ``B``.
+* ``"dpsgd"``: DP-SGD (Abadi et al. 2016) through
+  ``optax.contrib.differentially_private_aggregate``: each example's gradient clipped to
+  ``l2_norm_clip`` (1.0), summed, Gaussian noise of std ``l2_norm_clip * noise_multiplier``
+  (``noise_multiplier=1.0``) added, divided by ``B``.
   Needs *per-example* gradients (leading batch axis on every leaf): the client computes them.
 """
 from __future__ import annotations

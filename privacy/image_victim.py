@@ -28,7 +28,8 @@ def loss(graphdef, params, batch):
 
 
 def features(graphdef, params, batch):
-  """The input of the last layer: ``relu(hidden(flatten(conv blocks(images))))``, ``[B, hidden]``."""
+  """The input of the last layer, ``relu(hidden(flatten(conv blocks(images))))``:
+  ``[B, hidden]``."""
   model = functional.merge(graphdef, params)
   x = batch["images"]
   for conv in model.convs:

@@ -156,7 +156,8 @@ def write_report(results: dict, conds: list[str], out: pathlib.Path, command: st
       f"{results['victim_train_accuracy']:.2f}) trained on the disjoint `victim` part; "
       "private batches (distinct labels) from the `private` part; labels inferred from the "
       "last layer's gradient. Cells are **PSNR (dB) / SSIM / victim-feature distance**, means "
-      "over the trials (order-matched; 3 at batch 1, 2 at batch 4, 1 at batch 8, 2 per defense and OOD). The feature distance is the relative L2 distance of "
+      "over the trials (order-matched; 3 at batch 1, 2 at batch 4, 1 at batch 8, 2 per "
+      "defense and OOD). The feature distance is the relative L2 distance of "
       "the victim's representation, **not LPIPS** (LPIPS downloads pretrained backbones; it "
       "is not computed). Higher PSNR/SSIM and lower feature distance are better for the "
       "attacker.", "",
@@ -170,7 +171,8 @@ def write_report(results: dict, conds: list[str], out: pathlib.Path, command: st
       *_table(results["batch"], bsizes, "batch"), "",
       "Label-inference accuracy (fraction of the batch's labels among the inferred ones): "
       + ", ".join(f"batch {b}: {results['batch'][b]['gifd']['label_accuracy']:.2f}"
-                  for b in bsizes) + ". Beyond batch 1 the most-negative-column rule misses labels (likely because "
+                  for b in bsizes)
+      + ". Beyond batch 1 the most-negative-column rule misses labels (likely because "
       "the trained victim is confident, so a true class's negative term is small next to the "
       "other examples' positive ones); a wrong label costs every attack there.", "",
       "## Defenses (batch 1)", "",

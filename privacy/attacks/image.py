@@ -233,7 +233,8 @@ def gifd_search(shared_grads, model, meta, key, *, stages: int | None = None):
     h, loss = _latent_stage(model, meta, aux, paths, z0, steps)
     out.append((r, 0, float(loss), dcgan.decode_from(gdef, gen, h, 0)))
     for k in range(1, n_stages):
-      h0 = dcgan.run_blocks(functional.merge(gdef, gen), h, k - 1, k)  # the previous solution, one block on
+      # the stage start: the previous stage's solution pushed through one more block
+      h0 = dcgan.run_blocks(functional.merge(gdef, gen), h, k - 1, k)
       radius = radii[k - 1] * math.prod(h0.shape[1:])
       objective = _objective(model.loss_fn, paths, "cosine", gdef, k, 1e-4, 1e-6)
       h, loss = _adam(objective, h0, {**aux, "gen": gen}, h0, radius, steps=steps,

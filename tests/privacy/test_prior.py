@@ -41,3 +41,15 @@ def test_bad_prior_inputs():
     dcgan.Config(image_size=32)
   with pytest.raises(ValueError, match="unknown"):
     image_data.load("test")
+
+
+def test_the_three_digit_parts_are_disjoint_and_classes_filter():
+  parts = {p: image_data.load(p) for p in image_data.PARTS}
+  rows = {p: {d["images"][i].tobytes() for i in range(len(d["images"]))}
+          for p, d in parts.items()}
+  assert not rows["prior"] & rows["victim"]
+  assert not rows["prior"] & rows["private"]
+  assert not rows["victim"] & rows["private"]
+  assert all(d["images"].shape[1:] == (16, 16, 1) for d in parts.values())
+  ood = image_data.load("private", classes=[5, 6, 7, 8, 9])
+  assert set(np.unique(ood["labels"]).tolist()) == {5, 6, 7, 8, 9}
