@@ -24,6 +24,10 @@ TINY = {
                       "--eval-batch-size", "2", "--no-progress"],
     "infer/main.py": ["--max-new-tokens", "4"],
     "data.build_speech": ["--num_train=16", "--num_eval=2", "--data_dir=workdirs/tfds"],
+    "privacy.main": ["--config.prior.steps=3", "--config.prior.batch_size=16",
+                     "--config.victim.steps=3", "--config.attack.steps=2",
+                     "--config.attack.dlg_steps=2", "--config.attack.stage_steps=2",
+                     "--config.attack.restarts=1", "--config.trials=1"],
 }
 # Reports and benchmarks: tests/reports/test_quick.py runs every one of them (--quick); here
 # only that the module the README names exists.
