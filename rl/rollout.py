@@ -172,6 +172,10 @@ class RolloutEngine:
     """The unfinished trajectories, by slot."""
     return [t for t in self._slots if t is not None]
 
+  def slot_of(self) -> dict[int, int]:
+    """uid -> slot of every unfinished trajectory."""
+    return {t.uid: i for i, t in enumerate(self._slots) if t is not None}
+
   def _prefill(self, tokens: list[int]):
     """``(last logits [1, V], row cache)`` of ``tokens`` under the current params."""
     length = decode.bucket(len(tokens))
@@ -183,9 +187,10 @@ class RolloutEngine:
     self.stats["prefill_tokens"] += len(tokens)
     return logits, row
 
-  def add(self, uid: int, prompt: Sequence[int], partial: Trajectory | None = None) -> int:
-    """Starts trajectory ``uid`` in a free slot (or resumes ``partial``, e.g. from a
-    checkpoint: its tokens are re-prefilled); returns the slot."""
+  def add(self, uid: int, prompt: Sequence[int], partial: Trajectory | None = None,
+          slot: int | None = None) -> int:
+    """Starts trajectory ``uid`` in a free slot (the first one, or ``slot``), or resumes
+    ``partial`` (e.g. from a checkpoint: its tokens are re-prefilled); returns the slot."""
     prompt = [int(t) for t in prompt]
     if not prompt:
       raise ValueError(f"trajectory {uid}: the prompt is empty; start it with at least a BOS.")
@@ -198,7 +203,9 @@ class RolloutEngine:
                        f"vocabulary [0, {self.cfg.vocab_size}).")
     if None not in self._slots:
       raise RuntimeError("no free slot: call add() only while free_slots() > 0.")
-    slot = self._slots.index(None)
+    slot = self._slots.index(None) if slot is None else int(slot)
+    if self._slots[slot] is not None:
+      raise RuntimeError(f"slot {slot} is busy with trajectory {self._slots[slot].uid}.")
     traj = partial if partial is not None else Trajectory(uid, prompt)
     if traj.tokens:
       logits, row = self._prefill(traj.prompt + traj.tokens)
