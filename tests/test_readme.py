@@ -23,6 +23,10 @@ TINY = {
     "quant/main.py": ["--calib-samples", "4", "--calib-seq-len", "32", "--eval-batches", "1",
                       "--eval-batch-size", "2", "--no-progress"],
     "infer/main.py": ["--max-new-tokens", "4"],
+    "rl.tasks.arith_sft": ["--train", "200", "--validation", "20"],
+    "rl/main.py": ["--config.rl.versions=2", "--config.rl.train_problems=16",
+                   "--config.rl.eval_problems=8", "--config.rl.max_new_tokens=6",
+                   "--config.rl.checkpoint_every=2"],
 }
 # Reports and benchmarks: tests/reports/test_quick.py runs every one of them (--quick); here
 # only that the module the README names exists.
