@@ -118,6 +118,7 @@ def rl_config(size: str = "tiny") -> ml_collections.ConfigDict:
   r.eval_problems = 128
   r.problem_seed = 0
   r.eval_seed = 1
+  r.eval_samples = 4
   r.ops = "+"
   r.min_digits = 1
   r.max_digits = 2
@@ -244,6 +245,8 @@ KEY_DOCS = {
     "rl.task_file": "training problems, one 'A + B = C' per line; None: generated ones",
     "rl.train_problems": "generated training problems (without task_file)",
     "rl.eval_problems": "held-out problems for greedy exact-match accuracy (train ones removed)",
+    "rl.eval_samples": "samples per held-out problem for the accuracy at the rollout "
+                       "temperature (0: greedy accuracy only)",
     "rl.problem_seed": "seed of the generated training problems",
     "rl.eval_seed": "seed of the held-out problems",
     "rl.ops": "operators of generated problems: + | * | +*",

@@ -90,6 +90,10 @@ def init_policy(config):
   """``(model config, graphdef, params, tokenizer, tokenizer spec)``: the ``rl.init_export``
   (e.g. an SFT model) or a fresh ``config.model``."""
   if config.rl.init_export:
+    if not checkpoint.is_export(config.rl.init_export):
+      raise ValueError(f"rl.init_export={config.rl.init_export} is not an export (no "
+                       "export.json there): train the SFT warm start first (configs/sft_arith.py"
+                       "), or pass --config.rl.init_export= to start from a random model.")
     dec, tok, meta = infer_engine.load(config.rl.init_export)
     return dec.cfg, dec.graphdef, jax.device_get(dec.params), tok, meta.get("tokenizer", "byte")
   module, cfg = registry.from_dict(config.model.to_dict())
@@ -152,6 +156,10 @@ class Run:
     self.eval_engine = rollout.RolloutEngine(self.model_cfg, self.graphdef, params,
                                              num_slots=int(r.num_slots), temperature=0.0,
                                              **common)
+    # The policy as trained (the rollout temperature), on its own stream of keys.
+    self.sampled_eval_engine = rollout.RolloutEngine(
+        self.model_cfg, self.graphdef, params, num_slots=int(r.num_slots),
+        temperature=r.temperature, seed=config.seed + 1_000_003, **common)
     tx, _, _, _ = optimizer_lib.make_optimizer(config.optim, int(r.versions * r.minibatches))
     self.learner = learner_lib.Learner(
         self.graphdef, params, tx, devices=self.train_devices, loss=r.loss,
@@ -168,15 +176,24 @@ class Run:
     """The verifier on the decoded completion (the stop token dropped)."""
     return self.reward_fn(problem, completion_text(self.tok, trajectory))
 
-  def evaluate(self) -> float:
-    """Greedy exact-match accuracy of the learner's params on the held-out problems."""
+  def evaluate(self) -> dict:
+    """Exact-match accuracy of the learner's params on the held-out problems: greedy
+    (``eval_accuracy``) and at the rollout temperature, averaged over ``rl.eval_samples``
+    samples per problem (``eval_sampled_accuracy``; 0 samples: not measured)."""
     if not self.held_out:
-      return float("nan")
-    self.eval_engine.update_weights(self.learner.params, self.eval_engine.version + 1)
-    trajs = self.eval_engine.generate(
-        [(i, prompt_tokens(self.tok, p)) for i, p in enumerate(self.held_out)])
-    return float(np.mean([arith.reward(p, completion_text(self.tok, t))
-                          for p, t in zip(self.held_out, trajs)]))
+      return {}
+    out = {}
+    k = int(self.r.eval_samples)
+    for name, engine, n in (("eval_accuracy", self.eval_engine, 1),
+                            ("eval_sampled_accuracy", self.sampled_eval_engine, k)):
+      if n == 0:
+        continue
+      engine.update_weights(self.learner.params, engine.version + 1)
+      problems = [p for p in self.held_out for _ in range(n)]
+      trajs = engine.generate([(i, prompt_tokens(self.tok, p)) for i, p in enumerate(problems)])
+      out[name] = float(np.mean([arith.reward(p, completion_text(self.tok, t))
+                                 for p, t in zip(problems, trajs)]))
+    return out
 
   def train_on(self, batch, version: int) -> dict:
     """PPO on ``batch`` at trainer version ``version``; the metrics of the new version."""
@@ -195,6 +212,8 @@ def format_line(m: dict, total: int) -> str:
           f"staleness {stale} | {m['decode_steps']} decode steps | {m['wall_s']:.1f} s")
   if "eval_accuracy" in m:
     line += f" | held-out acc {m['eval_accuracy']:.3f}"
+  if "eval_sampled_accuracy" in m:
+    line += f", sampled {m['eval_sampled_accuracy']:.3f}"
   return line
 
 
@@ -292,11 +311,11 @@ def run(config, workdir, *, say: Callable[[str], None] = print, overwrite: bool 
     say(f"resumed from checkpoint {step} (version {version})")
   last = (_read_metrics(metrics_path) or [{}])[-1]
   if version == 0 and not last:
-    acc = run_.evaluate()
-    last = {"version": 0, "eval_accuracy": acc}
+    last = {"version": 0, **run_.evaluate()}
     with metrics_path.open("a") as f:
       f.write(json.dumps(last) + "\n")
-    say(f"v 0 | held-out acc {acc:.3f} ({len(run_.held_out)} problems)")
+    say(f"v 0 | held-out acc {last.get('eval_accuracy', float('nan')):.3f}, sampled "
+        f"{last.get('eval_sampled_accuracy', float('nan')):.3f} ({len(run_.held_out)} problems)")
 
   def save():
     ctl.wait_rewards()
@@ -342,7 +361,7 @@ def run(config, workdir, *, say: Callable[[str], None] = print, overwrite: bool 
         else:
           pending = version
         if version % r.eval_every == 0 or version == r.versions:
-          m["eval_accuracy"] = run_.evaluate()
+          m.update(run_.evaluate())
         m.update(ticks=ticks, decode_steps=engine.stats["decode_steps"],
                  interruptions=engine.stats["interruptions"],
                  wall_s=elapsed + time.perf_counter() - t0)

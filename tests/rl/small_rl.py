@@ -6,7 +6,7 @@ def small_config(**rl):
   c = rl_arith.get_config()
   c.model.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64)
   c.optim.lr = 3e-3
-  c.rl.update(train_problems=16, eval_problems=8, versions=3, prompts_per_batch=2,
+  c.rl.update(init_export=None, train_problems=16, eval_problems=8, versions=3, prompts_per_batch=2,
               samples_per_prompt=2, max_new_tokens=6, num_slots=4, token_budget=64,
               micro_batches=2, rollout_devices=1, train_devices=2, eta=0, eval_every=2,
               checkpoint_every=1)
@@ -20,7 +20,7 @@ def odd_length_reward(problem, text: str) -> float:
   return float(len(text) % 2)
 
 
-FLAGS = ("--config.model.d_model=32", "--config.model.n_layers=1", "--config.model.n_heads=2",
+FLAGS = ("--config.rl.init_export=", "--config.model.d_model=32", "--config.model.n_layers=1", "--config.model.n_heads=2",
          "--config.model.n_kv_heads=1", "--config.model.head_dim=16", "--config.model.mlp_dim=64",
          "--config.optim.lr=0.003", "--config.rl.train_problems=16",
          "--config.rl.eval_problems=8", "--config.rl.prompts_per_batch=2",

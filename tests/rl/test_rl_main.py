@@ -12,7 +12,8 @@ from tests.rl.small_rl import FLAGS, small_config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPARED = ("version", "reward", "loss", "grad_norm", "kl_behav_prox", "staleness",
-            "completion_tokens", "decode_steps", "ticks", "eval_accuracy")
+            "completion_tokens", "decode_steps", "ticks", "eval_accuracy",
+            "eval_sampled_accuracy")
 
 
 def _args(workdir, *extra):

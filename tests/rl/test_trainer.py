@@ -73,3 +73,10 @@ def test_a_raising_reward_drops_the_sample_and_the_run_goes_on(tmp_path, caplog)
   assert "sample dropped" in caplog.text
   with pytest.raises(ValueError, match="different config"):  # a workdir is never mixed up
     trainer.run(small_config(versions=2, eta=0), tmp_path, say=lambda m: None)
+
+
+def test_waiting_rollouts_never_mix_versions(tmp_path):
+  config = small_config(eta=2, versions=3, num_slots=8, interruptible=False)
+  last = trainer.run(config, tmp_path, reward_fn=odd_length_reward, say=lambda m: None)
+  assert last["interruptions"] == 0 and last["version"] == 3
+  assert all(m["interrupted_samples"] == 0 for m in _metrics(tmp_path)[1:])
