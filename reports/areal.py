@@ -2,6 +2,7 @@
 
     python -m reports.areal --init-export workdirs/sft_arith/export   # reports/areal.{md,json,png}
     python -m reports.areal --quick      # smoke run (CI): a random tiny model, 2 versions each
+    python -m reports.areal --from-json  # re-renders the report from areal.json
 
 Every run starts from the same SFT warm start (see the README: ``python -m rl.tasks.arith_sft``
 then ``python train/main.py --config configs/sft_arith.py``) and trains with
@@ -30,8 +31,8 @@ from configs import rl_arith
 from reports import common
 from rl import trainer
 
-SETTINGS = dict(versions=60, prompts_per_batch=8, samples_per_prompt=8, eval_problems=256,
-                eval_every=20, lr=3e-5, train_delay_steps=8, num_slots=16)
+SETTINGS = dict(versions=60, prompts_per_batch=8, samples_per_prompt=8, eval_problems=128,
+                eval_every=20, lr=3e-5, train_delay_steps=16, num_slots=64)
 QUICK = dict(versions=2, prompts_per_batch=2, samples_per_prompt=2, eval_problems=8,
              eval_every=2, lr=3e-5, train_delay_steps=2, num_slots=4)
 ETAS = (0, 1, 2, 4, 8)
@@ -113,13 +114,15 @@ def write_report(results: dict, config: dict, out: pathlib.Path) -> None:
            "curves in `areal.png`.", "", __doc__.split("\n\n", 2)[2].strip(), "",
            "Settings: " + ", ".join(f"{k}={v}" for k, v in config["settings"].items()), "",
            "| run | held-out acc, greedy | held-out acc, sampled | reward, last quarter | ticks "
-           "| samples/tick | staleness mean / max | KL(behav‖prox) | wall s |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| speed-up vs eta=0 | samples/tick | staleness mean / max | KL(behav‖prox) | wall s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  base = summarize(results["eta=0"])["ticks"] if "eta=0" in results else float("nan")
   for name, r in results.items():
     s = summarize(r)
     lines.append(f"| {name} | {r['initial_accuracy']:.3f} -> {s['final_accuracy']:.3f} | "
                  f"{r['initial_sampled_accuracy']:.3f} -> {s['final_sampled_accuracy']:.3f} | "
-                 f"{s['reward_last_quarter']:.3f} | {s['ticks']} | {s['samples_per_tick']:.2f} | "
+                 f"{s['reward_last_quarter']:.3f} | {s['ticks']} | {base / s['ticks']:.2f}x | "
+                 f"{s['samples_per_tick']:.2f} | "
                  f"{s['mean_staleness']:.2f} / {s['max_staleness']} | "
                  f"{s['mean_kl_behav_prox']:.2e} | {s['wall_s']:.0f} |")
   (out / "areal.md").write_text("\n".join(lines) + "\n")
@@ -130,7 +133,14 @@ def main(argv=None):
   parser.add_argument("--init-export", default=None,
                       help="the SFT warm start (required without --quick)")
   parser.add_argument("--only", default=None, help="comma-separated run names to do")
+  parser.add_argument("--from-json", action="store_true",
+                      help="re-render areal.md/.png from areal.json in --out-dir (default reports/)")
   args = parser.parse_args(argv)
+  if args.from_json:
+    out = common.out_dir(args)
+    record = json.loads((out / "areal.json").read_text())
+    write_report(record["results"], record["config"], out)
+    return
   if not args.quick and not args.init_export:
     parser.error("--init-export is required (the SFT export; see the module docstring); "
                  "use --quick for a smoke run from a random model.")

@@ -27,6 +27,7 @@ from etils import epath
 from rl.tasks import arith
 
 NAME = "arith_sft"
+VALIDATION_SEED_OFFSET = 7919
 
 
 class ArithSft(tfds.core.GeneratorBasedBuilder):
@@ -64,8 +65,13 @@ class ArithSft(tfds.core.GeneratorBasedBuilder):
     o = self.options
     kw = dict(ops=tuple(o["ops"]), min_digits=o["min_digits"], max_digits=o["max_digits"])
     held_out = set(arith.generate(o["eval_problems"], seed=o["eval_seed"], **kw))
-    n, seed = (o["train"], o["seed"]) if split == "train" else (o["validation"], o["seed"] + 1)
+    # The validation stream has its own seed, away from small eval seeds.
+    n, seed = ((o["train"], o["seed"]) if split == "train"
+               else (o["validation"], o["seed"] + VALIDATION_SEED_OFFSET))
     problems = [p for p in arith.generate(n, seed=seed, **kw) if p not in held_out]
+    if not problems:
+      raise ValueError(f"the {split} split of {NAME} would be empty: all {n} generated problems "
+                       "are RL's held-out ones; raise --train/--validation or change the seeds.")
     for i, p in enumerate(problems):
       yield i, {"text": p.prompt + p.completion(scratchpad=o["scratchpad"])}
 
