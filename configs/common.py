@@ -99,6 +99,55 @@ def base_config(size: str = "tiny") -> ml_collections.ConfigDict:
   return c
 
 
+def rl_config(size: str = "tiny") -> ml_collections.ConfigDict:
+  """An RL config (``rl/main.py``, AReaL on the arithmetic task): ``seed``, ``model`` (used
+  when ``rl.init_export`` is None), ``optim`` and the ``rl`` section."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = {"name": "transformer", **model_configs.preset(size).to_dict()}
+  c.optim = optim_config()
+  c.optim.schedule = "constant"
+  c.optim.warmup_steps = 0
+  c.optim.lr = 1e-4
+  c.optim.weight_decay = 0.0
+  r = c.rl = ml_collections.ConfigDict()
+  r.init_export = ml_collections.config_dict.placeholder(str)  # None: random init of c.model
+  r.tokenizer = "byte"  # used without init_export (an export names its own)
+  r.task_file = ml_collections.config_dict.placeholder(str)  # None: generated problems
+  r.train_problems = 256
+  r.eval_problems = 128
+  r.problem_seed = 0
+  r.eval_seed = 1
+  r.eval_samples = 4
+  r.ops = "+"
+  r.min_digits = 1
+  r.max_digits = 2
+  r.versions = 20
+  r.prompts_per_batch = 4
+  r.samples_per_prompt = 4
+  r.eta = 0
+  r.minibatches = 2
+  r.loss = "decoupled"  # decoupled | naive
+  r.clip_eps = 0.2
+  r.behav_weight_cap = 5.0  # <= 0: no cap
+  r.temperature = 1.0
+  r.max_new_tokens = 12
+  r.num_slots = 8
+  r.token_budget = 128
+  r.micro_batches = 4
+  r.rollout_devices = 0  # 0: half of the local devices (at least 1)
+  r.train_devices = 0  # 0: the rest
+  r.train_delay_steps = 0
+  r.interruptible = True
+  r.reward_workers = 0
+  r.log_every = 1
+  r.eval_every = 10
+  r.checkpoint_every = 5
+  r.keep_checkpoints = 3
+  r.export = True
+  return c
+
+
 # What every key means (``python train/main.py --config FILE --config_help`` prints these next
 # to the values; tests/train/test_cli.py fails if a config has a key without one).
 KEY_DOCS = {
@@ -192,6 +241,46 @@ KEY_DOCS = {
     "mesh.fsdp": "FSDP axis size: params and optimizer state sharded, batch split too",
     "mesh.tensor": "tensor-parallel axis size: heads and MLP columns split",
     "mesh.rules": "logical axis -> mesh axes rules (None: core.sharding.DEFAULT_RULES)",
+    # rl (rl/main.py)
+    "rl.init_export": "start from this export (e.g. an SFT model); None: random init of model",
+    "rl.tokenizer": "tokenizer without init_export: byte | sentencepiece:PATH | hf:PATH",
+    "rl.task_file": "training problems, one 'A + B = C' per line; None: generated ones",
+    "rl.train_problems": "generated training problems (without task_file)",
+    "rl.eval_problems": "held-out problems for greedy exact-match accuracy (train ones removed)",
+    "rl.eval_samples": "samples per held-out problem for the accuracy at the rollout "
+                       "temperature (0: greedy accuracy only)",
+    "rl.problem_seed": "seed of the generated training problems",
+    "rl.eval_seed": "seed of the held-out problems",
+    "rl.ops": "operators of generated problems: + | * | +*",
+    "rl.min_digits": "fewest digits of a generated operand",
+    "rl.max_digits": "most digits of a generated operand",
+    "rl.versions": "policy versions to train (one batch each)",
+    "rl.prompts_per_batch": "prompts per training batch (batch = prompts x samples)",
+    "rl.samples_per_prompt": "answers per prompt, the group of group-normalized advantages",
+    "rl.eta": "AReaL staleness bound (Eq. 3); 0 is synchronous RL",
+    "rl.minibatches": "PPO updates per version, each on 1/minibatches of the batch",
+    "rl.loss": "decoupled (AReaL Eq. 5) | naive (PPO anchored at the behaviour policy)",
+    "rl.clip_eps": "PPO clip half-width",
+    "rl.behav_weight_cap": "cap of pi_prox/pi_behav in the decoupled loss (<= 0: none)",
+    "rl.temperature": "rollout sampling temperature (the trainer scores with the same)",
+    "rl.max_new_tokens": "longest completion",
+    "rl.num_slots": "sequences the rollout engine decodes together (continuous batching)",
+    "rl.token_budget": "tokens per packed micro-batch row (AReaL Algorithm 1)",
+    "rl.micro_batches": "packed rows per minibatch (static shape; a multiple of the train "
+                        "devices)",
+    "rl.rollout_devices": "local devices of the rollout mesh, the rest train (0: half)",
+    "rl.train_devices": "local devices of the training mesh, after the rollout ones (0: the "
+                        "rest)",
+    "rl.train_delay_steps": "simulated training time: decode steps between taking a batch and "
+                            "publishing its version",
+    "rl.interruptible": "update weights mid-generation (AReaL) instead of waiting for the "
+                        "in-flight sequences to finish",
+    "rl.reward_workers": "reward threads (0: inline, deterministic)",
+    "rl.log_every": "progress line every this many versions",
+    "rl.eval_every": "held-out accuracy every this many versions (and at start and end)",
+    "rl.checkpoint_every": "checkpoint every this many versions (and at the end)",
+    "rl.keep_checkpoints": "newest checkpoints kept",
+    "rl.export": "write the params-only export to WORKDIR/export at the end",
 }
 
 

@@ -228,6 +228,37 @@ class Controller:
           lambda: self.stats["rewarded"] + self.stats["dropped"] == self.stats["finished"],
           timeout)
 
+  # -- checkpointing -----------------------------------------------------------------------------
+
+  def state_dict(self, encode: Callable[[Any], Any] = lambda t: t) -> dict:
+    """JSON-able state (``encode`` turns a trajectory into JSON). Call it with no reward in
+    progress (:meth:`wait_rewards` first): a reward being computed cannot be saved."""
+    with self._lock:
+      if self.stats["rewarded"] + self.stats["dropped"] != self.stats["finished"]:
+        raise RuntimeError("state_dict() while rewards are in progress: wait_rewards() first.")
+      ticket = lambda t: [t.uid, t.prompt_index, t.version]
+      return {"version": self._version, "next_uid": self._next_uid,
+              "batches_taken": self._batches_taken, "stats": dict(self.stats),
+              "running": [ticket(t) for t in self._running.values()],
+              "buffer": [[*ticket(s.ticket), encode(s.trajectory), s.reward]
+                         for _, _, s in sorted(self._buffer)]}
+
+  def load_state_dict(self, state: dict, decode: Callable[[Any], Any] = lambda t: t
+                      ) -> dict[int, Ticket]:
+    """Restores :meth:`state_dict`'s output; returns the running tickets by uid (the rollout
+    side resumes them)."""
+    with self._lock:
+      make = lambda uid, index, version: Ticket(uid, index, self.prompts[index], version)
+      self._version, self._next_uid = int(state["version"]), int(state["next_uid"])
+      self._batches_taken = int(state["batches_taken"])
+      self.stats = {k: int(v) for k, v in state["stats"].items()}
+      self._running = {t[0]: make(*t) for t in state["running"]}
+      self._buffer = []
+      for uid, index, version, trajectory, reward in state["buffer"]:
+        heapq.heappush(self._buffer, (version, uid, Sample(make(uid, index, version),
+                                                           decode(trajectory), reward)))
+      return dict(self._running)
+
   def close(self) -> None:
     """Stops the reward threads after the work already queued."""
     if self._pool is not None:

@@ -28,6 +28,10 @@ TINY = {
                      "--config.victim.steps=3", "--config.attack.steps=2",
                      "--config.attack.dlg_steps=2", "--config.attack.stage_steps=2",
                      "--config.attack.restarts=1", "--config.trials=1"],
+    "rl.tasks.arith_sft": ["--train", "200", "--validation", "20"],
+    "rl/main.py": ["--config.rl.versions=2", "--config.rl.train_problems=16",
+                   "--config.rl.eval_problems=8", "--config.rl.max_new_tokens=6",
+                   "--config.rl.checkpoint_every=2"],
 }
 # Reports and benchmarks: tests/reports/test_quick.py runs every one of them (--quick); here
 # only that the module the README names exists.

@@ -201,3 +201,24 @@ def test_gate_function_matches_eq3():
       for i in range(3):
         for eta in range(3):
           assert ctl.staleness_gate(n, b, i, eta) == (n <= (i + eta + 1) * b)
+
+
+def test_state_dict_round_trip_restores_the_gate_buffer_and_running_tickets():
+  from rl.controller import Controller  # pylint: disable=g-import-not-at-top
+  prompts = list(range(10))
+  a = Controller(prompts, batch_size=2, eta=1, reward_fn=lambda p, t: float(t), reward_workers=0)
+  tickets = [a.submit() for _ in range(4)]
+  for t in tickets[:3]:
+    a.finish(t, t.uid % 2)
+  state = a.state_dict(encode=lambda t: {"value": t})
+  b = Controller(prompts, batch_size=2, eta=1, reward_fn=lambda p, t: float(t), reward_workers=0)
+  running = b.load_state_dict(state, decode=lambda d: d["value"])
+  assert list(running) == [3] and running[3].prompt == 3
+  assert b.submit() is None and a.submit() is None  # the gate is as closed in both
+  b.finish(running[3], 1)
+  a.finish(tickets[3], 1)
+  for c in (a, b):
+    batches = [c.next_batch(), c.next_batch()]
+    assert [[(s.ticket.uid, s.reward) for s in batch] for batch in batches] == \
+        [[(0, 0.0), (1, 1.0)], [(2, 0.0), (3, 1.0)]]
+  assert a.stats == b.stats
