@@ -15,6 +15,7 @@ tokens (breaching's untied rule); a tied output projection would give every row 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -88,17 +89,26 @@ class TextVictim:
 
   def peft_gradient(self, batch, loss=mean_loss):
     """``d loss / d params["peft"]``: what a PEFT client shares (differentiable in ``batch``)."""
-    base = self.params["base"]
-    return jax.grad(lambda peft: loss(self.graph, {"base": base, "peft": peft}, batch))(
-        self.params["peft"])
+    return _peft_gradient(self.graph, loss, self.params, batch)
 
   def embedding_gradient(self, batch):
     """``d loss / d E`` of the base's input embedding: what a client that also trains its
     embeddings shares in that leaf (the token-set baseline's classic setting)."""
-    def loss(emb):
-      base = {**self.params["base"], "embed": {"embedding": emb}}
-      return mean_loss(self.graph, {"base": base, "peft": self.params["peft"]}, batch)
-    return jax.grad(loss)(self.params["base"]["embed"]["embedding"])
+    return _embedding_gradient(self.graph, self.params, batch)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _peft_gradient(graph, loss, params, batch):
+  base = params["base"]
+  return jax.grad(lambda peft: loss(graph, {"base": base, "peft": peft}, batch))(params["peft"])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _embedding_gradient(graph, params, batch):
+  def loss(emb):
+    base = {**params["base"], "embed": {"embedding": emb}}
+    return mean_loss(graph, {"base": base, "peft": params["peft"]}, batch)
+  return jax.grad(loss)(params["base"]["embed"]["embedding"])
 
 
 def flat(tree) -> jax.Array:
