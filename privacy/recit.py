@@ -48,29 +48,36 @@ def _batches(n_steps, batch_size, seed):
           for i in range(n_steps)]
 
 
-def round_model(setup: Setup) -> tuple[TextVictim, dict]:
-  """The model of the attacked round and a log ``{pretrain_loss, earlier_loss}``."""
+def pretrained_base(setup: Setup):
+  """The base the attacker distributes: PNotes-pre-fine-tuned (``malicious``) or the random
+  init, and a log. It does not depend on the PEFT settings (the PEFT part starts as identity)."""
   cfg = peft_config(rank=setup.rank, targets=setup.targets)
   graph, params = lora.init(cfg, seed=setup.seed)
+  if not setup.malicious:
+    return params["base"], {}
+  peft0 = params["peft"]
+  base, losses = train_steps(
+      lambda base, batch: mean_loss(graph, {"base": base, "peft": peft0}, batch),
+      params["base"], _batches(setup.pretrain_steps, setup.pretrain_batch, PNOTES_SEED),
+      lr=3e-3)
+  return base, {"pretrain_loss": [float(losses[0]), float(losses[-1])]}
+
+
+def round_model(setup: Setup, base=None) -> tuple[TextVictim, dict]:
+  """The model of the attacked round (on ``base``, else :func:`pretrained_base`) and a log."""
   log = {}
-  if setup.malicious:
-    peft0 = params["peft"]
-    base, losses = train_steps(lambda base, batch: mean_loss(graph, {"base": base, "peft": peft0},
-                                                             batch),
-                               params["base"],
-                               _batches(setup.pretrain_steps, setup.pretrain_batch, PNOTES_SEED),
-                               lr=3e-3)
-    params = {"base": base, "peft": peft0}
-    log["pretrain_loss"] = [float(losses[0]), float(losses[-1])]
+  if base is None:
+    base, log = pretrained_base(setup)
+  cfg = peft_config(rank=setup.rank, targets=setup.targets)
+  graph, params = lora.init(cfg, seed=setup.seed)
+  peft = lora.init_peft(base, cfg, seed=setup.seed)
   if setup.earlier_rounds:
-    base = params["base"]
-    peft, losses = train_steps(lambda peft, batch: mean_loss(graph, {"base": base, "peft": peft},
-                                                             batch),
-                               params["peft"], _batches(setup.earlier_rounds, 8, EARLIER_SEED),
-                               lr=1e-2)
-    params = {"base": base, "peft": peft}
+    peft, losses = train_steps(
+        lambda peft, batch: mean_loss(graph, {"base": base, "peft": peft}, batch),
+        peft, _batches(setup.earlier_rounds, 8, EARLIER_SEED), lr=1e-2)
     log["earlier_loss"] = [float(losses[0]), float(losses[-1])]
-  return TextVictim(graph, params), log
+  del params
+  return TextVictim(graph, {"base": base, "peft": peft}), log
 
 
 def shared_gradient(victim: TextVictim, batch: dict, *, defense: str | None = None,

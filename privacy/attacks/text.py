@@ -53,8 +53,9 @@ def token_scores(shared) -> np.ndarray:
 
 
 def token_set(shared, *, rel_tol: float = 0.0) -> np.ndarray:
-  """Token ids whose row norm exceeds ``rel_tol * max`` (0: exactly non-zero), specials out."""
-  scores = token_scores(shared)
+  """Token ids whose row norm exceeds ``rel_tol * max`` (0: exactly non-zero), specials and the
+  model's padding rows (ids the byte tokenizer never emits) out."""
+  scores = token_scores(shared)[:_BYTE.vocab_size]  # rows past the tokenizer: padding ids
   ids = np.flatnonzero(scores > rel_tol * scores.max())
   return np.asarray([i for i in ids if i not in SPECIALS], np.int32)
 
