@@ -157,7 +157,8 @@ def write_report(results: dict, s: dict, out):
             f"of ReCIT at the largest batch, {sizes[-1]}):", ""]
   lines += [f"    {t}" for t in results["batch"][str(sizes[-1])]["recit"]["example"]]
   lines += ["", f"## Versus LoRA rank (batch {s['rank_batch']})", "", f"`{cmd}`", "",
-            "| rank | attack | PII | token P | token R | ROUGE-L |", "|---:|---|---:|---:|---:|---:|"]
+            "| rank | attack | PII | token P | token R | ROUGE-L |",
+            "|---:|---|---:|---:|---:|---:|"]
   for r, row in results["rank"].items():
     for name, x in row.items():
       lines.append(f"| {r} | {name} | {_fmt(x['pii'])} | {_fmt(x['token_precision'])} | "
@@ -187,10 +188,11 @@ def write_report(results: dict, s: dict, out):
 def _claims(results: dict, sizes) -> str:
   batch = results["batch"]
   big = [b for b in sizes if b >= 16]
-  wins = [b for b in big if batch[str(b)]["recit"]["rouge_l"] > batch[str(b)]["token_set"]["rouge_l"]]
+  wins = [b for b in big
+          if batch[str(b)]["recit"]["rouge_l"] > batch[str(b)]["token_set"]["rouge_l"]]
   best = max(batch[str(b)]["recit"]["pii"] for b in sizes)
-  baseline = max(batch[str(b)][name]["pii"] for b in sizes for name in ("token_set", "relaxation")
-                 if name in batch[str(b)])
+  baseline = max(batch[str(b)][name]["pii"] for b in sizes
+                 for name in ("token_set", "relaxation") if name in batch[str(b)])
   if best == 0:
     ratio = ("no attack recovers a single PII string exactly, so the claim does not reproduce "
              "here")
