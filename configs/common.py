@@ -199,3 +199,37 @@ KEY_DOCS = {
     "mesh.tensor": "tensor-parallel axis size: heads and MLP columns split",
     "mesh.rules": "logical axis -> mesh axes rules (None: core.sharding.DEFAULT_RULES)",
 }
+
+
+def privacy_config() -> ml_collections.ConfigDict:
+  """A gradient-inversion audit (``python -m privacy.main``, :mod:`privacy`): the victim, the
+  client's batch and defense, the attacks and (for images) the generative prior."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.modality = "images"  # images (digits, GIFD and baselines)
+  c.attacks = ("dlg", "ig", "latent", "gifd")  # privacy.attacks names
+  c.batch_size = 1  # the client's private batch
+  c.trials = 2  # private batches attacked (results are their means)
+  c.defense = "none"  # none | noise | clip | topk | prune | dpsgd (privacy/defenses.py)
+  c.defenses = ml_collections.ConfigDict()  # each defense's settings (GIFD's defaults)
+  c.defenses.noise = {"std": 0.01}
+  c.defenses.clip = {"max_norm": 4.0}
+  c.defenses.topk = {"keep": 0.2}
+  c.defenses.prune = {"fraction": 0.1}
+  c.defenses.dpsgd = {"l2_norm_clip": 1.0, "noise_multiplier": 1.0}
+  c.private_classes = ml_collections.config_dict.placeholder(tuple)  # None: all digits
+  c.prior = ml_collections.ConfigDict()  # the DCGAN prior (privacy/prior.py)
+  c.prior.steps = 3000
+  c.prior.batch_size = 64
+  c.prior.classes = ml_collections.config_dict.placeholder(tuple)  # None: all digits
+  c.victim = ml_collections.ConfigDict()  # the convnet victim (privacy/image_victim.py)
+  c.victim.steps = 300
+  c.attack = ml_collections.ConfigDict()  # privacy/attacks/image.py meta
+  c.attack.steps = 1000  # IG's Adam steps
+  c.attack.dlg_steps = 300  # DLG's L-BFGS steps
+  c.attack.stage_steps = 300  # latent / GIFD steps per stage
+  c.attack.restarts = 2
+  c.attack.radii = (0.05, 0.05)  # GIFD's l1 radius per feature stage, per feature entry
+  c.attack.lr = 0.1
+  c.attack.tv = 0.01  # IG's total-variation weight
+  return c

@@ -1,1 +1,2 @@
-"""Gradient-inversion audits (GIFD on images, ReCIT on LoRA gradients): how much a shared gradient gives away."""
+"""Gradient-inversion audits (GIFD on images, ReCIT on LoRA gradients): how much a shared
+gradient gives away."""

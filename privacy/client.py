@@ -63,14 +63,16 @@ def select(params, layers: Sequence[str] | None) -> list[str]:
 def _subset(params, paths):
   out = {}
   for p in paths:
-    out = _set(out, p, defenses.get_leaf(params, p))
+    out = _set_like(out, params, p, defenses.get_leaf(params, p))
   return out
 
 
-def _set(tree, path, value):
+def _set_like(tree, like, path, value):
+  """``set_leaf`` that takes the keys' types from ``like`` (int keys of NNX lists stay ints)."""
   head, *rest = path.split("/")
+  k = defenses.resolve_key(like, head)
   out = dict(tree)
-  out[head] = value if not rest else _set(tree.get(head, {}), "/".join(rest), value)
+  out[k] = value if not rest else _set_like(tree.get(k, {}), like[k], "/".join(rest), value)
   return out
 
 

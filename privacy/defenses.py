@@ -15,9 +15,10 @@ settings and defaults are those of GIFD's defense experiments (Fang et al., ICCV
   ``dL/dW = r^T delta``, row ``i`` carries ``sum_b r_bi delta_b``. Pass ``features`` (``[B, in]``,
   the client does this when given a ``features_fn``); without it rows are ranked by their
   gradient norm, which at batch 1 is ``|r_i| * ||delta||``: the same order.
-* ``"dpsgd"``: DP-SGD (Abadi et al. 2016) through ``optax.contrib.differentially_private_aggregate``:
-  each example's gradient clipped to ``l2_norm_clip`` (1.0), summed, Gaussian noise of std
-  ``l2_norm_clip * noise_multiplier`` (``noise_multiplier=1.0``) added, divided by ``B``.
+* ``"dpsgd"``: DP-SGD (Abadi et al. 2016) through
+  ``optax.contrib.differentially_private_aggregate``: each example's gradient clipped to
+  ``l2_norm_clip`` (1.0), summed, Gaussian noise of std ``l2_norm_clip * noise_multiplier``
+  (``noise_multiplier=1.0``) added, divided by ``B``.
   Needs *per-example* gradients (leading batch axis on every leaf): the client computes them.
 """
 from __future__ import annotations
@@ -56,22 +57,36 @@ def settings_for(defense: str | None, **settings) -> dict[str, Any]:
   return {**DEFAULTS[name], **settings}
 
 
+def resolve_key(node, part: str):
+  """The dict key spelled ``part`` (NNX lists have int keys: ``convs/0/kernel``), or None."""
+  if not isinstance(node, dict):
+    return None
+  for k in node:
+    if str(k) == part:
+      return k
+  return None
+
+
 def get_leaf(tree, path: str):
   """The leaf of a nested dict at ``"a/b/c"``; ValueError listing the leaves if absent."""
   node = tree
   for part in path.split("/"):
-    if not isinstance(node, dict) or part not in node:
+    k = resolve_key(node, part)
+    if k is None:
       raise ValueError(f"no parameter {path!r} in the gradient; it has: "
                        f"{', '.join(leaf_paths(tree))}.")
-    node = node[part]
+    node = node[k]
   return node
 
 
 def set_leaf(tree, path: str, value):
-  """A copy of nested dict ``tree`` with the leaf at ``"a/b/c"`` replaced."""
+  """A copy of nested dict ``tree`` with the leaf at ``"a/b/c"`` replaced (keys keep their
+  types; a missing key is added as spelled)."""
   head, *rest = path.split("/")
+  k = resolve_key(tree, head)
+  k = head if k is None else k
   out = dict(tree)
-  out[head] = value if not rest else set_leaf(tree[head], "/".join(rest), value)
+  out[k] = value if not rest else set_leaf(tree.get(k, {}), "/".join(rest), value)
   return out
 
 

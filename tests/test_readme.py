@@ -23,6 +23,10 @@ TINY = {
     "quant/main.py": ["--calib-samples", "4", "--calib-seq-len", "32", "--eval-batches", "1",
                       "--eval-batch-size", "2", "--no-progress"],
     "infer/main.py": ["--max-new-tokens", "4"],
+    "privacy.main": ["--config.prior.steps=3", "--config.prior.batch_size=16",
+                     "--config.victim.steps=3", "--config.attack.steps=2",
+                     "--config.attack.dlg_steps=2", "--config.attack.stage_steps=2",
+                     "--config.attack.restarts=1", "--config.trials=1"],
 }
 # Reports and benchmarks: tests/reports/test_quick.py runs every one of them (--quick); here
 # only that the module the README names exists.

@@ -12,7 +12,8 @@ def test_register_get_and_unknown_name():
 
   assert attacks.get("test_identity") is identity
   assert "test_identity" in attacks.names()
-  with pytest.raises(ValueError, match="unknown attack 'nope'; registered attacks: .*test_identity"):
+  with pytest.raises(ValueError,
+                     match="unknown attack 'nope'; registered attacks: .*test_identity"):
     attacks.get("nope")
   with pytest.raises(ValueError, match="registered twice"):
     attacks.register("test_identity")(lambda *a: None)
