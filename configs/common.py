@@ -206,7 +206,7 @@ def privacy_config() -> ml_collections.ConfigDict:
   client's batch and defense, the attacks and (for images) the generative prior."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.modality = "images"  # images (digits, GIFD and baselines)
+  c.modality = "images"  # images (digits, GIFD and baselines) | text (notes, ReCIT on LoRA)
   c.attacks = ("dlg", "ig", "latent", "gifd")  # privacy.attacks names
   c.batch_size = 1  # the client's private batch
   c.trials = 2  # private batches attacked (results are their means)
@@ -232,4 +232,12 @@ def privacy_config() -> ml_collections.ConfigDict:
   c.attack.radii = (0.05, 0.05)  # GIFD's l1 radius per feature stage, per feature entry
   c.attack.lr = 0.1
   c.attack.tv = 0.01  # IG's total-variation weight
+  c.text = ml_collections.ConfigDict()  # modality "text": ReCIT on LoRA (privacy/recit.py)
+  c.text.lora_rank = 8
+  c.text.peft_targets = ("q_proj", "v_proj", "embed")
+  c.text.malicious = True  # the attacker's pre-fine-tuning on personal notes
+  c.text.pretrain_steps = 300
+  c.text.top_k = 8  # ReCIT: proposals per position
+  c.text.sweeps = 1  # ReCIT: coordinate-descent sweeps
+  c.text.relax_steps = 150  # the relaxation attack's Adam steps
   return c
