@@ -26,7 +26,9 @@ TINY = {
     "privacy.main": ["--config.prior.steps=3", "--config.prior.batch_size=16",
                      "--config.victim.steps=3", "--config.attack.steps=2",
                      "--config.attack.dlg_steps=2", "--config.attack.stage_steps=2",
-                     "--config.attack.restarts=1", "--config.trials=1"],
+                     "--config.attack.restarts=1", "--config.trials=1",
+                     "--config.text.pretrain_steps=2", "--config.text.relax_steps=2",
+                     "--config.text.top_k=2", "--config.text.sweeps=0"],
 }
 # Reports and benchmarks: tests/reports/test_quick.py runs every one of them (--quick); here
 # only that the module the README names exists.
