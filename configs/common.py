@@ -47,6 +47,7 @@ def optim_config() -> ml_collections.ConfigDict:
   o.eps = 1e-8
   o.weight_decay = 0.1
   o.grad_clip = 1.0  # global-norm clipping; 0 disables
+  o.trainable = ""  # regex over parameter paths; others are frozen ("": all train)
   o.lamb = ml_collections.ConfigDict()
   o.lamb.bias_correction = True
   o.lamb.trust_clip = ml_collections.config_dict.placeholder(tuple)  # (lo, hi) or None
@@ -154,7 +155,7 @@ KEY_DOCS = {
     "seed": "seed of the parameter init, the data order and the step rng",
     "task": "what the loop trains: lm | classify (train/tasks/)",
     # model
-    "model.name": "model by name: transformer | convnet (models/registry.py)",
+    "model.name": "model by name: transformer | convnet | lora (models/registry.py)",
     "model.vocab_size": "embedding rows (>= the tokenizer's vocabulary; padded ids never sampled)",
     "model.d_model": "width of the residual stream",
     "model.n_layers": "decoder blocks",
@@ -177,6 +178,11 @@ KEY_DOCS = {
     "model.num_classes": "classifier outputs",
     "model.channels": "output channels of each 3x3 conv block (each halves the image)",
     "model.hidden": "width of the classifier's hidden layer",
+    "model.peft": "lora model: lora | ia3 (models/lora.py)",
+    "model.lora_rank": "lora model: rank r of A [in, r] and B [r, out]",
+    "model.lora_alpha": "lora model: the update is (lora_alpha / lora_rank) A B",
+    "model.peft_targets": "lora model: weights that get a PEFT part (q_proj, v_proj, ..., "
+                          "embed, lm_head)",
     # data
     "data.name": "dataset: python_stdlib (bundled) or a locally prepared TFDS text dataset; "
                  "digits for the classify task",
@@ -219,6 +225,8 @@ KEY_DOCS = {
     "optim.eps": "denominator epsilon (Adam, LAMB)",
     "optim.weight_decay": "decoupled weight decay",
     "optim.grad_clip": "global-norm gradient clipping (0 disables)",
+    "optim.trainable": "regex over parameter paths (layers/0/attn/q_proj/kernel); the others "
+                       "are frozen ('': all train; '^peft/' for model.name=lora)",
     "optim.lamb.bias_correction": "LAMB: Adam-style bias correction of the moments",
     "optim.lamb.trust_clip": "LAMB: clip the trust ratio to (lo, hi), or None",
     "optim.coat_adamw.group_size": "COAT: elements per FP8 group along a leaf's last axis",
@@ -289,7 +297,7 @@ def privacy_config() -> ml_collections.ConfigDict:
   client's batch and defense, the attacks and (for images) the generative prior."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.modality = "images"  # images (digits, GIFD and baselines)
+  c.modality = "images"  # images (digits, GIFD and baselines) | text (notes, ReCIT on LoRA)
   c.attacks = ("dlg", "ig", "latent", "gifd")  # privacy.attacks names
   c.batch_size = 1  # the client's private batch
   c.trials = 2  # private batches attacked (results are their means)
@@ -315,4 +323,12 @@ def privacy_config() -> ml_collections.ConfigDict:
   c.attack.radii = (0.05, 0.05)  # GIFD's l1 radius per feature stage, per feature entry
   c.attack.lr = 0.1
   c.attack.tv = 0.01  # IG's total-variation weight
+  c.text = ml_collections.ConfigDict()  # modality "text": ReCIT on LoRA (privacy/recit.py)
+  c.text.lora_rank = 8
+  c.text.peft_targets = ("q_proj", "v_proj", "embed")
+  c.text.malicious = True  # the attacker's pre-fine-tuning on personal notes
+  c.text.pretrain_steps = 300
+  c.text.top_k = 8  # ReCIT: proposals per position
+  c.text.sweeps = 1  # ReCIT: coordinate-descent sweeps
+  c.text.relax_steps = 150  # the relaxation attack's Adam steps
   return c

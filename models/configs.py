@@ -96,6 +96,39 @@ def preset(name: str, **overrides) -> ModelConfig:
   return ModelConfig(**{**TRANSFORMER_PRESETS[name], **overrides})
 
 
+PEFT_METHODS = ("lora", "ia3")
+PEFT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                "embed", "lm_head")
+
+
+@dataclasses.dataclass(frozen=True)
+class PeftConfig(ModelConfig):
+  """The decoder of :mod:`models.transformer` with a frozen base and a small trainable part
+  (:mod:`models.lora`): ``peft="lora"`` (rank ``lora_rank``, scale ``lora_alpha / lora_rank``)
+  or ``peft="ia3"`` (learned rescaling vectors) on the projections named in ``peft_targets``."""
+  peft: str = "lora"
+  lora_rank: int = 8
+  lora_alpha: float = 16.0
+  peft_targets: tuple[str, ...] = ("q_proj", "v_proj")
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.peft not in PEFT_METHODS:
+      raise ValueError(f"model.peft={self.peft!r} is not one of {PEFT_METHODS}.")
+    if int(self.lora_rank) < 1:
+      raise ValueError(f"model.lora_rank={self.lora_rank} must be >= 1.")
+    bad = [t for t in self.peft_targets if t not in PEFT_TARGETS]
+    if bad or not self.peft_targets:
+      raise ValueError(f"model.peft_targets={tuple(self.peft_targets)} must be a non-empty "
+                       f"subset of {PEFT_TARGETS} (unknown: {bad}).")
+    if self.peft == "ia3" and {"embed", "lm_head"} & set(self.peft_targets):
+      raise ValueError("IA3 rescales projections; drop 'embed'/'lm_head' from "
+                       "model.peft_targets or use model.peft='lora'.")
+    if "lm_head" in self.peft_targets and self.tie_embeddings:
+      raise ValueError("peft target 'lm_head' needs model.tie_embeddings=False (a tied model "
+                       "has no separate output projection; target 'embed' instead).")
+
+
 @dataclasses.dataclass(frozen=True)
 class ConvNetConfig(_Dict):
   """The small image classifier of :mod:`models.convnet`: conv blocks, then an MLP head."""

@@ -14,6 +14,7 @@ from typing import Any
 MODELS = {
     "transformer": "models.transformer",  # Llama-style decoder (language models)
     "convnet": "models.convnet",          # small image classifier
+    "lora": "models.lora",                # the transformer with a frozen base + LoRA / IA3
 }
 DEFAULT = "transformer"  # exports written before models had names are transformers
 

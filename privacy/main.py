@@ -47,7 +47,8 @@ def main(argv) -> int:
   tmp = results_path.with_suffix(".json.tmp")
   tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
   tmp.replace(results_path)
-  print(f"wrote {results_path} and {workdir / 'grid.png'}")
+  extras = [p for p in ("grid.png", "reconstructions.txt") if (workdir / p).exists()]
+  print(f"wrote {results_path}" + "".join(f" and {workdir / p}" for p in extras))
   return 0
 
 

@@ -4,10 +4,10 @@
 """
 from __future__ import annotations
 
-from privacy import attacks, defenses, image_audit
+from privacy import attacks, defenses, image_audit, text_audit
 from privacy.attacks import image as _image_attacks  # noqa: F401  (registers the attacks)
 
-RUNNERS = {"images": image_audit.run}
+RUNNERS = {"images": image_audit.run, "text": text_audit.run}
 
 
 def validate(config):

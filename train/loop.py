@@ -130,12 +130,16 @@ def _state_shardings(abstract_state, param_shardings, tx, mesh):
   repl = sharding_lib.replicated(mesh)
   # A moment stored as FP8 groups (optim.coat) is a small pytree per parameter: its parts
   # shard like that parameter (metadata dims that do not divide are replicated).
+  # A frozen parameter's slot in a masked optimizer (optim.trainable) is an empty MaskedNode.
   is_groups = lambda x: isinstance(x, coat_lib.Fp8Groups)
-  opt = optax.tree_map_params(tx, lambda s, sh: sharding_lib.sharding_like(sh, s)
-                              if is_groups(s) else sh,
-                              abstract_state["opt_state"], param_shardings,
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+
+  def like(s, sh):
+    return s if is_masked(s) else sharding_lib.sharding_like(sh, s) if is_groups(s) else sh
+
+  opt = optax.tree_map_params(tx, like, abstract_state["opt_state"], param_shardings,
                               transform_non_params=lambda _: repl,
-                              is_leaf=is_groups)
+                              is_leaf=lambda x: is_groups(x) or is_masked(x))
   out = {"step": repl, "params": param_shardings, "opt_state": opt}
   for extra in set(abstract_state) - set(out):  # strategy state (SSO counters): small
     out[extra] = jax.tree.map(lambda _: repl, abstract_state[extra])

@@ -8,11 +8,17 @@ optimizers by ``--config.optim.name``. ``grad_clip`` (global norm) is applied fi
 SSO is a train-step strategy, not an optax transform: ``--config.optim.name=sso`` takes its
 inner optimizer from ``config.optim.sso.inner`` (AdamW or LAMB, with the generic fields and
 the schedule counted in inner steps) and ``m``/``eta``/``eta_schedule`` from ``config.optim.sso``.
+
+``trainable`` (a regex, empty: everything) freezes every parameter whose path
+(``layers/0/attn/q_proj/kernel``) it does not match: their updates are zero, and clipping and
+weight decay see only the trainable ones. PEFT (:mod:`models.lora`) is ``'^peft/'``.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 
+import jax
 import optax
 
 from optim import registry
@@ -92,4 +98,36 @@ def make_optimizer(optim_cfg, total_steps: int):
     if float(clip) < 0:
       raise ValueError(f"optim.grad_clip={clip} must be >= 0 (0 disables clipping).")
     tx = optax.chain(optax.clip_by_global_norm(float(clip)), tx)
+  tx = only_trainable(tx, str(optim_cfg.get("trainable", "") or ""))
   return tx, schedule, ("sso" if sso is not None else "gradient"), sso
+
+
+def param_path(path) -> str:
+  """``layers/0/attn/q_proj/kernel`` from a ``jax.tree_util`` key path."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def trainable_labels(params, pattern: str):
+  """``"train"`` where ``re.search(pattern, path)`` matches, else ``"frozen"``; a pattern
+  that matches nothing is an error (a typo would silently freeze the whole model)."""
+  regex = re.compile(pattern)
+  labels = jax.tree_util.tree_map_with_path(
+      lambda p, _: "train" if regex.search(param_path(p)) else "frozen", params)
+  leaves = jax.tree.leaves(labels)
+  if leaves and "train" not in leaves:  # (optax probes with a leafless placeholder: no error)
+    paths = [param_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)][:6]
+    raise ValueError(f"optim.trainable={pattern!r} matches no parameter path (paths look like "
+                     f"{paths}); fix the regex, or leave it empty to train everything.")
+  return labels
+
+
+def only_trainable(tx, pattern: str):
+  """``tx`` on the parameters matching ``pattern``, zero updates elsewhere (empty: ``tx``)."""
+  if not pattern:
+    return tx
+  try:
+    re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f"optim.trainable={pattern!r} is not a valid regex: {e}.") from None
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               lambda params: trainable_labels(params, pattern))
