@@ -14,6 +14,7 @@ from typing import Any
 MODELS = {
     "transformer": "models.transformer",  # Llama-style decoder (language models)
     "convnet": "models.convnet",          # small image classifier
+    "encdec": "models.encdec",            # Conformer encoder + Transformer decoder (ASR)
 }
 DEFAULT = "transformer"  # exports written before models had names are transformers
 
