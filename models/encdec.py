@@ -408,3 +408,10 @@ def greedy_decode(graphdef, params, audio, audio_len, max_len: int):
   init_carry = (jnp.full((b,), cfg.bos_id, jnp.int32), jnp.zeros((b,), bool), cache)
   _, out = jax.lax.scan(step, init_carry, jnp.arange(max_len))
   return out.T
+
+
+def cut_at_stop(ids, cfg: EncDecConfig) -> np.ndarray:
+  """A decoded row up to (not including) its first EOS or pad: the transcript's ids."""
+  ids = np.asarray(ids)
+  stop = np.flatnonzero((ids == cfg.eos_id) | (ids == cfg.pad_id))
+  return ids[:stop[0]] if stop.size else ids

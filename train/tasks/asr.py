@@ -56,15 +56,12 @@ def word_errors(refs: list[str], hyps: list[str]) -> tuple[int, int]:
   return errors, words
 
 
-def transcripts(tokenizer, ids: np.ndarray, lengths=None) -> list[str]:
-  """Text of each row of ``ids`` (up to ``lengths``, or up to the first pad/EOS)."""
+def transcripts(tokenizer, ids: np.ndarray, lengths=None, cfg=None) -> list[str]:
+  """Text of each row of ``ids``: up to ``lengths``, or (decoder output) up to the first
+  EOS/pad of ``cfg``."""
   out = []
   for i, row in enumerate(np.asarray(ids)):
-    if lengths is not None:
-      row = row[:max(int(lengths[i]), 0)]
-    else:
-      stop = np.flatnonzero((row == tokenizer.pad_id) | (row == tokenizer.eos_id))
-      row = row[:stop[0]] if stop.size else row
+    row = row[:max(int(lengths[i]), 0)] if lengths is not None else encdec.cut_at_stop(row, cfg)
     out.append(tokenizer.decode(row.tolist()).strip())
   return out
 
@@ -253,7 +250,7 @@ class Task:
 
   def _host_word_errors(self, hyp, tokens, token_len):
     refs = transcripts(self.tokenizer, tokens, token_len)
-    errors, words = word_errors(refs, transcripts(self.tokenizer, hyp))
+    errors, words = word_errors(refs, transcripts(self.tokenizer, hyp, cfg=self.model_cfg))
     return np.float32(errors), np.float32(words)
 
   def eval_sums(self, graphdef, params, batch):
