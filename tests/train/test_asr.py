@@ -94,6 +94,7 @@ def test_train_export_transcribe_end_to_end(tmp_path, capsys):
   wav = tmp_path / "held_out.wav"
   infer_asr.write_wav(wav, audio, tone_words.SAMPLE_RATE)
   export = tmp_path / "run" / "export"
+  capsys.readouterr()  # the training log
   assert infer_asr.main(["--checkpoint", str(export), str(wav), "--max-tokens", "12"]) == 0
   printed = capsys.readouterr().out.splitlines()
   assert printed[-1].startswith("RTFx ")

@@ -156,6 +156,8 @@ class Task:
     """Duration x token buckets estimated on the training split."""
     c = self.corpus(self.data.train_split)
     ntok = [t.size for t in c["tokens"]]
+    if int(self.data.num_buckets) == 1 and int(self.data.num_subbuckets) == 1:
+      return bucketing.BucketGrid((float(np.max(c["duration"])),), (int(max(ntok)),))
     if int(self.data.num_subbuckets) > 1:
       return bucketing.estimate_2d_bins(c["duration"], ntok, int(self.data.num_buckets),
                                         int(self.data.num_subbuckets),
