@@ -37,19 +37,22 @@ def _bytes(config, bucket, batch):
 def test_chosen_sizes_fit_and_the_next_size_does_not(tmp_path):
   config = _config()
   longest = tasks.build(config).grid.num_buckets - 1
-  budget = _bytes(config, longest, 2 * UNIT)  # the longest bucket fits 16 rows exactly
-  out = tmp_path / "sizes.json"
-  assert oomptimizer.main(["--config", CONFIG, "--out", str(out)]) == 2  # cpu
-  res = oomptimizer.optimize(config, target="cpu", budget_bytes=budget, max_per_device=4,
+  budget = _bytes(config, longest, UNIT)  # the longest bucket fits one row per device exactly
+  res = oomptimizer.optimize(config, target="cpu", budget_bytes=budget, max_per_device=2,
                              show_progress=False)
   sizes = res["bucket_batch_sizes"]
-  assert sizes[longest] == 2 * UNIT
-  for k, b in enumerate(sizes):
+  assert sizes[longest] == UNIT
+  for k, b in enumerate(sizes):  # each size and the next one up (multiples of 8) were compiled
+    trials = dict(res["per_bucket"][k]["trials"])
     assert b % UNIT == 0 and b >= sizes[longest]  # shorter buckets fit at least as many
-    assert _bytes(config, k, b) <= budget
-    if b < 4 * UNIT:  # hi = 4 per device: a size below it was bounded by a larger one
-      assert _bytes(config, k, b + UNIT) > budget
+    assert trials[b] <= budget
+    if b < 2 * UNIT:  # below the search's upper bound: the next size up was tried and failed
+      assert trials[b + UNIT] > budget
+  # The search compiled the real step: its bytes for the longest bucket's batch of 8 are those
+  # of the independent compile that set the budget.
+  assert dict(res["per_bucket"][longest]["trials"])[UNIT] == budget
   # The JSON is what data.bucket_batch_sizes reads.
+  out = tmp_path / "sizes.json"
   out.write_text(json.dumps(res))
   config.data.bucket_batch_sizes = str(out)
   assert tasks.build(config).bucket_batch_sizes() == sizes
@@ -64,6 +67,8 @@ def test_budget_below_the_smallest_batch_is_a_clear_error():
 def test_cli_refuses_to_overwrite_and_unknown_targets(tmp_path, capsys):
   out = tmp_path / "sizes.json"
   out.write_text("{}")
+  assert oomptimizer.main(["--config", CONFIG, "--out", str(tmp_path / "y.json")]) == 2
+  assert "--budget-bytes" in capsys.readouterr().err  # a CPU has no HBM to fill
   assert oomptimizer.main(["--config", CONFIG, "--budget-bytes", "1e9",
                            "--out", str(out)]) == 2
   assert "--overwrite" in capsys.readouterr().err
