@@ -2,6 +2,11 @@
 
     python -m benchmarks.bucketing_padding           # -> benchmarks/results/bucketing_padding_cpu.json
     python -m benchmarks.bucketing_padding --quick   # 5,000 examples, written to a temp file
+    python -m benchmarks.bucketing_padding --corpus speech --max-duration 120
+        # the synthetic_speech corpus (data/speech_synth.py, built once if needed): real
+        # espeak-ng durations and SentencePiece token counts
+        # -> benchmarks/results/bucketing_padding_cpu_speech.json
+    python -m benchmarks.bucketing_padding --corpus speech --quick  # a 256-utterance corpus
 
 Synthetic metadata only (no audio): durations log-normal, median 4 s, clipped to [0.3, 30] s
 (a long tail like real ASR sets); tokens = round(d x TPS) with TPS ~ N(3, 0.6) per utterance
@@ -24,10 +29,14 @@ other examples next epoch). ``dropped``
 counts examples outside every bucket and the TPS outliers (2D only).
 
 Bins are estimated on the same examples they batch (as lhotse's first 10,000 cuts would be).
+
+``--corpus speech``: the durations (samples / 16 kHz) and token counts (bos + SentencePiece
+pieces + eos, the ASR batches' ``token_len``) of the train split of ``synthetic_speech``.
 """
 from __future__ import annotations
 
 import argparse
+import tempfile
 
 import numpy as np
 
@@ -58,9 +67,21 @@ def random_batches(d, t, max_duration: float, seed: int):
            "max_tokens": int(t[batch].max())}
 
 
+def speech_corpus(num_train: int, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+  """Train-split durations and token counts of the synthetic speech corpus."""
+  # imported here, like benchmarks.common in main(): the lhotse comparison scripts import this
+  # module in a venv without TFDS/jax
+  from data import speech, speech_synth, tokenizers  # pylint: disable=import-outside-toplevel
+  builder = speech_synth.load_builder(data_dir, num_train=num_train)
+  meta = speech_synth.read_metadata(builder, "train")
+  tok = tokenizers.get_tokenizer("sentencepiece:" + speech_synth.train_tokenizer(builder))
+  t = np.asarray([x.size for x in speech.tokenize_transcripts(meta["text"], tok)])
+  return meta["duration"], t
+
+
 def run(num_examples: int, max_duration: float, seed: int, num_buckets: int = 30,
-        num_subbuckets: int = 2) -> list[dict]:
-  d, t = synthetic_corpus(num_examples, seed)
+        num_subbuckets: int = 2, corpus=None) -> list[dict]:
+  d, t = synthetic_corpus(num_examples, seed) if corpus is None else corpus
   rows = [{"method": "random", **bk.padding_fractions(random_batches(d, t, max_duration, seed),
                                                       d, t), "dropped": 0}]
   grids = {"1d": bk.estimate_1d_grid(d, t, num_buckets),
@@ -88,18 +109,36 @@ def main(argv=None):
   p.add_argument("--max-duration", type=float, default=600.0,
                  help="padded audio seconds per batch, all methods")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--corpus", choices=("synthetic", "speech"), default="synthetic",
+                 help="synthetic: log-normal metadata; speech: the synthetic_speech corpus")
+  p.add_argument("--num-train", type=int, default=4000,
+                 help="--corpus speech: train utterances of the corpus (built if needed)")
+  p.add_argument("--num-buckets", type=int, default=30)
+  p.add_argument("--data-dir", default=None,
+                 help="--corpus speech: TFDS data_dir (default: $TFDS_DATA_DIR or "
+                 "~/tensorflow_datasets; --quick: a temporary directory)")
   p.add_argument("--out", default=None)
   args = p.parse_args(argv)
-  n = 5_000 if args.quick else args.num_examples
-  rows = run(n, args.max_duration, args.seed)
+  corpus = None
+  if args.corpus == "speech":
+    data_dir = (tempfile.mkdtemp(prefix="effijax-speech-") if args.quick and not args.data_dir
+                else args.data_dir)
+    corpus = speech_corpus(256 if args.quick else args.num_train, data_dir)
+  n = len(corpus[0]) if corpus else 5_000 if args.quick else args.num_examples
+  tiny = args.quick and corpus is not None  # 256 utterances: fewer buckets, smaller batches
+  buckets = min(args.num_buckets, 8) if tiny else args.num_buckets
+  max_duration = min(args.max_duration, 60.0) if tiny else args.max_duration
+  rows = run(n, max_duration, args.seed, num_buckets=buckets, corpus=corpus)
   for r in rows:
     print(f"{r['method']:>12}: padding {100 * r['duration']:5.1f}% of audio seconds, "
           f"{100 * r['tokens']:5.1f}% of tokens; {r['batches']} batches, mean batch "
           f"{r['mean_batch_size']:.1f}, dropped {r['dropped']} + tail {r.get('tail_dropped', 0)}")
-  out = args.out or result_path("bucketing_padding", quick=args.quick)
-  path = write_result("bucketing_padding", out=out,
-                      config={"num_examples": n, "max_duration": args.max_duration,
-                              "seed": args.seed, "num_buckets": 30, "num_subbuckets": 2},
+  tag = "speech" if corpus else None
+  out = args.out or result_path("bucketing_padding", tag=tag, quick=args.quick)
+  path = write_result("bucketing_padding", out=out, tag=tag,
+                      config={"num_examples": n, "max_duration": max_duration,
+                              "seed": args.seed, "num_buckets": buckets, "num_subbuckets": 2,
+                              "corpus": args.corpus},
                       results=rows)
   print(f"wrote {path}")
 

@@ -23,6 +23,7 @@ TINY = {
     "quant/main.py": ["--calib-samples", "4", "--calib-seq-len", "32", "--eval-batches", "1",
                       "--eval-batch-size", "2", "--no-progress"],
     "infer/main.py": ["--max-new-tokens", "4"],
+    "data.build_speech": ["--num_train=16", "--num_eval=2", "--data_dir=workdirs/tfds"],
 }
 # Reports and benchmarks: tests/reports/test_quick.py runs every one of them (--quick); here
 # only that the module the README names exists.
