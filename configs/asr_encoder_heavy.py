@@ -14,8 +14,8 @@ from configs import common
 def get_config():
   c = common.asr_config(enc_layers=10, dec_layers=1, d_model=128, n_heads=4, head_dim=32,
                         mlp_dim=512, subsampling_channels=64)
-  c.data.train_examples = 4000
-  c.data.eval_examples = 200
+  c.data.num_train = 4000
+  c.data.num_eval = 200
   c.data.max_duration = 64.0
   c.train.steps = 3000
   c.train.log_every = 100

@@ -10,8 +10,8 @@ from configs import common
 def get_config():
   c = common.asr_config(enc_layers=2, dec_layers=1, d_model=64, n_heads=4, head_dim=16,
                         mlp_dim=192, subsampling_channels=32)
-  c.data.train_examples = 1024
-  c.data.eval_examples = 64
+  c.data.num_train = 1024
+  c.data.num_eval = 64
   c.data.max_duration = 48.0
   c.train.steps = 600
   c.train.log_every = 50

@@ -80,22 +80,20 @@ def mesh_config() -> ml_collections.ConfigDict:
 
 
 def asr_data_config() -> ml_collections.ConfigDict:
-  """The ``data`` section of the speech recognition task (train/tasks/asr.py)."""
-  return ml_collections.ConfigDict({
-      "name": "tone_words",        # data/tone_words.py: synthesized in memory
-      "tokenizer": "byte",
-      "train_split": "train",
-      "eval_split": "validation",
-      "train_examples": 1000,
-      "eval_examples": 64,
-      "max_words": 6,
-      "num_buckets": 4,             # duration groups (lhotse's 1D bins)
-      "num_subbuckets": 2,          # token sub-buckets per group (NeMo 2D bins); 1: 1D
-      "tps_outlier_z": 4.0,
-      "max_duration": 40.0,         # seconds of padded audio per batch (without bucket sizes)
-      "bucket_batch_sizes": ml_collections.config_dict.placeholder(str),  # OOMptimizer JSON
-      "too_long": "drop",           # drop | error: utterances outside every bucket
-  })
+  """The ``data`` section of the speech recognition task (train/tasks/asr.py): the speech
+  corpus' section (data/defaults.py) set to the quick in-memory ``tone_words`` corpus; set
+  ``data.name=synthetic_speech`` for the espeak-ng corpus (its SentencePiece tokenizer)."""
+  d = data_defaults.speech_config()
+  d.name = "tone_words"
+  d.num_train, d.num_eval, d.num_buckets = 1000, 64, 4
+  d.max_duration = 40.0
+  d.bucket_batch_sizes = ml_collections.config_dict.placeholder(str)  # OOMptimizer JSON
+  d.data_dir = ml_collections.config_dict.placeholder(str)  # synthetic_speech: TFDS data_dir
+  d.max_files = ml_collections.config_dict.placeholder(int)  # synthetic_speech: sentence files
+  d.tokenizer = "byte"        # tone_words only (synthetic_speech brings its SentencePiece)
+  d.max_words = 6             # tone_words only: words per utterance at most
+  d.tps_outlier_z = 4.0
+  return d
 
 
 def asr_config(enc_layers: int, dec_layers: int, **model) -> ml_collections.ConfigDict:
@@ -170,17 +168,23 @@ KEY_DOCS = {
     "model.pad_id": "encdec: padding token (the tokenizer's pad)",
     # data
     "data.name": "dataset: python_stdlib (bundled) or a locally prepared TFDS text dataset; "
-                 "digits for the classify task, tone_words for asr",
+                 "digits for the classify task, tone_words or synthetic_speech for asr",
     "data.text_key": "the text feature of a TFDS dataset",
     "data.tokenizer": "byte | sentencepiece:PATH | hf:PATH/tokenizer.json",
     "data.data_dir": "TFDS data_dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
     "data.train_split": "split to train on",
     "data.eval_split": "split to evaluate on",
-    "data.max_files": "python_stdlib only: use a deterministic subset of this many files",
+    "data.max_files": "python_stdlib / synthetic_speech: use a deterministic subset of this "
+                      "many stdlib files",
     "data.validation_permille": "python_stdlib only: files per 1000 held out for validation",
     "data.seq_len": "tokens per packed row",
-    "data.train_examples": "asr/tone_words: synthesized training utterances",
-    "data.eval_examples": "asr/tone_words: synthesized utterances of the eval split",
+    "data.num_train": "asr: training utterances (tone_words: synthesized in memory; "
+                      "synthetic_speech: built once)",
+    "data.num_eval": "asr: utterances of each evaluation split",
+    "data.corpus_seed": "asr: seed of the synthesized corpus",
+    "data.tokenizer_vocab": "synthetic_speech: SentencePiece vocabulary fit on its transcripts",
+    "data.strict": "asr: an utterance outside every bucket is an error (False: dropped and "
+                   "counted)",
     "data.max_words": "asr/tone_words: words per utterance at most",
     "data.num_buckets": "asr: duration buckets (lhotse's 1D bins on the training split)",
     "data.num_subbuckets": "asr: output-token sub-buckets per duration bucket (2D bins; 1: 1D)",
@@ -189,7 +193,6 @@ KEY_DOCS = {
                          "data.bucket_batch_sizes is not set",
     "data.bucket_batch_sizes": "asr: global batch size per bucket: the OOMptimizer's JSON "
                                "(python -m train.oomptimizer) or a JSON list",
-    "data.too_long": "asr: drop (and count) or error on utterances outside every bucket",
     # train
     "train.steps": "optimizer steps of the whole run (a rerun resumes until it reaches them)",
     "train.global_batch_size": "examples (rows) per step over all devices and hosts",

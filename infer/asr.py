@@ -2,7 +2,9 @@
 
     python infer/asr.py --checkpoint workdirs/asr_tiny/export a.wav b.wav
 
-Files are 16-bit PCM mono WAV at the model's sample rate (16 kHz). Each is padded to a
+Files are 16-bit PCM mono WAV at the model's sample rate (16 kHz), read by
+``data.audio.read_wav`` (missing, unreadable, empty, stereo or wrong-rate files are errors
+that say what to fix). Each is padded to a
 multiple of ``--pad-seconds`` (files of the same padded length form one batch and one
 compile) and decoded greedily for ``--max-tokens`` steps. RTFx = audio seconds / wall seconds
 of the transcription, compilation excluded (each shape is compiled once before the clock
@@ -14,7 +16,6 @@ import argparse
 import os
 import sys
 import time
-import wave
 
 if __package__ in (None, ""):  # `python infer/asr.py`: make the repository importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,42 +25,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from core import checkpoint  # noqa: E402
+from data import audio as audio_lib  # noqa: E402
 from data import tokenizers  # noqa: E402
 from models import encdec, registry  # noqa: E402
 
 FRAME_MULTIPLE = encdec.SUBSAMPLING * 160
-
-
-def read_wav(path: str, sample_rate: int) -> np.ndarray:
-  """int16 mono samples of a WAV file; a ValueError that says what to fix otherwise."""
-  try:
-    with wave.open(os.fspath(path), "rb") as f:
-      channels, width, rate = f.getnchannels(), f.getsampwidth(), f.getframerate()
-      raw = f.readframes(f.getnframes())
-  except FileNotFoundError:
-    raise ValueError(f"{path}: no such file.") from None
-  except (wave.Error, EOFError, OSError) as e:
-    raise ValueError(f"{path} is not a readable WAV file ({e}); convert it to 16-bit PCM mono "
-                     f"WAV at {sample_rate} Hz.") from None
-  if width != 2 or channels != 1:
-    raise ValueError(f"{path} has {channels} channel(s) of {8 * width}-bit samples; the model "
-                     f"needs 16-bit PCM mono (e.g. sox {path} -c 1 -b 16 out.wav).")
-  if rate != sample_rate:
-    raise ValueError(f"{path} is sampled at {rate} Hz but the model expects {sample_rate} Hz; "
-                     f"resample it (e.g. sox {path} -r {sample_rate} out.wav).")
-  audio = np.frombuffer(raw, dtype="<i2")
-  if audio.size == 0:
-    raise ValueError(f"{path} holds no audio samples (an empty recording).")
-  return audio
-
-
-def write_wav(path: str, audio: np.ndarray, sample_rate: int) -> None:
-  """int16 mono ``audio`` as a WAV file (tests, examples)."""
-  with wave.open(os.fspath(path), "wb") as f:
-    f.setnchannels(1)
-    f.setsampwidth(2)
-    f.setframerate(sample_rate)
-    f.writeframes(np.asarray(audio, dtype="<i2").tobytes())
 
 
 class Transcriber:
@@ -132,9 +102,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   args = parse_args(argv)
   try:
+    rate = int(checkpoint.read_export_metadata(args.checkpoint)["model"].get("sample_rate",
+                                                                             16_000))
+    audios = [audio_lib.read_wav(path, expected_rate=rate)[0] for path in args.audio]
     model = Transcriber(args.checkpoint, max_tokens=args.max_tokens,
                         pad_seconds=args.pad_seconds)
-    audios = [read_wav(path, model.cfg.sample_rate) for path in args.audio]
     texts, stats = model.transcribe(audios)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

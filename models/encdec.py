@@ -81,7 +81,7 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
 
 
 def log_mel(audio, audio_len, *, sample_rate: int = 16_000, n_mels: int = 80):
-  """``(features f32 [B, S // hop, n_mels], valid frames int32 [B])``.
+  """``(features f32 [B, ceil(S / hop), n_mels], valid frames int32 [B])``.
 
   ``log(|STFT|^2 @ mel + 2^-24)`` with a periodic Hann window, then each mel bin normalized
   to zero mean and unit variance over the utterance's valid frames (NeMo's ``per_feature``);
@@ -92,7 +92,7 @@ def log_mel(audio, audio_len, *, sample_rate: int = 16_000, n_mels: int = 80):
   n_fft = 1 << (win - 1).bit_length()
   audio_len = audio_len.astype(jnp.int32)
   x = jnp.where(jnp.arange(s)[None] < audio_len[:, None], audio.astype(jnp.float32), 0.0)
-  frames_total = s // hop
+  frames_total = (s + hop - 1) // hop
   x = jnp.pad(x, ((0, 0), (0, win)))
   idx = jnp.arange(frames_total)[:, None] * hop + jnp.arange(win)[None]
   window = 0.5 - 0.5 * jnp.cos(2 * jnp.pi * jnp.arange(win) / win)

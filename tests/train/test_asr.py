@@ -8,6 +8,7 @@ import pytest
 
 from configs import asr_tiny
 from core import checkpoint as ckpt_lib
+from data import audio as audio_lib
 from data import tone_words
 from infer import asr as infer_asr
 from models import encdec
@@ -21,7 +22,7 @@ def small_config(steps=24):
   c.model.d_model, c.model.mlp_dim, c.model.subsampling_channels = 32, 64, 8
   c.model.n_heads, c.model.head_dim = 2, 16
   c.model.enc_layers, c.model.dec_layers = 1, 1
-  c.data.train_examples, c.data.eval_examples, c.data.max_words = 48, 8, 2
+  c.data.num_train, c.data.num_eval, c.data.max_words = 48, 8, 2
   c.data.num_buckets, c.data.num_subbuckets = 1, 1
   c.data.max_duration = 8 * 1.7
   c.train.steps = steps
@@ -45,6 +46,8 @@ def test_batches_have_bucket_shapes_and_resume_exactly():
   c.data.num_buckets, c.data.num_subbuckets, c.data.max_duration = 2, 2, 8 * 2.0
   task = tasks.build(c)
   corpus = task.corpus("train")
+  audio = [ex["audio"] for ex in corpus["source"]]
+  tokens = [task.tokenizer.encode_array(t) for t in corpus["text"]]
   shapes = set(task.bucket_shapes())
   it = task.train_iterator(0, seed=3)
   seen = [next(it) for _ in range(4)]
@@ -55,9 +58,9 @@ def test_batches_have_bucket_shapes_and_resume_exactly():
       n, t = b["audio_len"][row], b["token_len"][row]
       assert np.all(b["audio"][row, n:] == 0) and np.all(b["tokens"][row, t:] == 0)
       if n:  # a real row is one corpus utterance, whole
-        i = next(i for i, a in enumerate(corpus["audio"]) if a.size == n and np.array_equal(
+        i = next(i for i, a in enumerate(audio) if a.size == n and np.array_equal(
             a.astype(np.float32) / 32768.0, b["audio"][row, :n]))
-        assert np.array_equal(corpus["tokens"][i], b["tokens"][row, :t])
+        assert np.array_equal(tokens[i], b["tokens"][row, :t])  # no BOS/EOS: the model adds them
   state = json.loads(json.dumps(it.get_state()))
   expect = [next(it) for _ in range(3)]
   resumed = task.train_iterator(0, seed=3)
@@ -71,11 +74,11 @@ def test_config_errors_name_the_key():
   c = small_config()
   c.model.vocab_size = 100
   with pytest.raises(ValueError, match="model.vocab_size"):
-    tasks.build(c)
+    tasks.build(c).validate(8)
   c = small_config()
   c.model.eos_id = 5
   with pytest.raises(ValueError, match="model.eos_id"):
-    tasks.build(c)
+    tasks.build(c).validate(8)
   c = small_config()
   c.data.max_duration = 1.0
   with pytest.raises(ValueError, match="data.max_duration"):
@@ -92,7 +95,7 @@ def test_train_export_transcribe_end_to_end(tmp_path, capsys):
   # A held-out utterance (the test split) through the CLI, against the in-process decoder.
   audio, _ = tone_words.utterance(np.random.default_rng(99), max_words=2)
   wav = tmp_path / "held_out.wav"
-  infer_asr.write_wav(wav, audio, tone_words.SAMPLE_RATE)
+  audio_lib.write_wav(str(wav), audio, tone_words.SAMPLE_RATE)
   export = tmp_path / "run" / "export"
   capsys.readouterr()  # the training log
   assert infer_asr.main(["--checkpoint", str(export), str(wav), "--max-tokens", "12"]) == 0

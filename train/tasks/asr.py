@@ -19,7 +19,7 @@ words, summed over the split (jiwer, on the host through ``jax.pure_callback``).
 from __future__ import annotations
 
 import functools
-import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -27,17 +27,11 @@ import jiwer
 import numpy as np
 
 from core import sharding as sharding_lib
-from data import bucketing, tokenizers, tone_words
+from data import bucketing, speech, speech_synth, tokenizers, tone_words
 from models import encdec, registry
 
-DATASETS = ("tone_words",)
-FRAME_MULTIPLE = encdec.SUBSAMPLING * 160  # padded audio lengths: whole encoder positions
-
-
-def bucket_num_samples(max_duration: float, sample_rate: int) -> int:
-  """Padded audio samples of a bucket: its duration, rounded up to whole encoder positions."""
-  n = math.ceil(round(max_duration * sample_rate, 6))
-  return -(-n // FRAME_MULTIPLE) * FRAME_MULTIPLE
+TONE_WORDS = "tone_words"  # data/tone_words.py: synthesized in memory (quick, CPU)
+DATASETS = (TONE_WORDS, speech_synth.NAME)  # + the espeak-ng corpus (data/speech_synth.py)
 
 
 def word_errors(refs: list[str], hyps: list[str]) -> tuple[int, int]:
@@ -66,40 +60,25 @@ def transcripts(tokenizer, ids: np.ndarray, lengths=None, cfg=None) -> list[str]
   return out
 
 
-class SpeechBatches:
-  """Static-shape speech batches from a :class:`data.bucketing.BucketedBatches` sampler;
-  ``get_state`` / ``set_state`` are the sampler's (JSON, restored exactly)."""
+class ModelBatches:
+  """:class:`data.speech.AsrBatches` without their host-side bookkeeping (``bucket``,
+  ``index``): only the model inputs go to the devices; the state is the sampler's."""
 
-  def __init__(self, audio, tokens, sampler: bucketing.BucketedBatches, sample_rate: int):
-    self.audio, self.tokens, self.sampler, self.sample_rate = audio, tokens, sampler, sample_rate
+  def __init__(self, batches: speech.AsrBatches):
+    self.batches = batches
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    b = next(self.sampler)
-    idx = b["indices"]
-    s = bucket_num_samples(b["max_duration"], self.sample_rate)
-    length = int(b["max_tokens"])
-    out = {"audio": np.zeros((idx.size, s), np.float32),
-           "audio_len": np.zeros(idx.size, np.int32),
-           "tokens": np.zeros((idx.size, length), np.int32),
-           "token_len": np.zeros(idx.size, np.int32)}
-    for row, i in enumerate(idx):
-      if i < 0:
-        continue
-      a, t = self.audio[i], self.tokens[i]
-      out["audio"][row, :a.size] = a.astype(np.float32) / 32768.0
-      out["audio_len"][row] = a.size
-      out["tokens"][row, :t.size] = t
-      out["token_len"][row] = t.size
-    return out
+    batch = next(self.batches)
+    return {k: batch[k] for k in speech.BATCH_KEYS}
 
   def get_state(self):
-    return self.sampler.get_state()
+    return self.batches.get_state()
 
   def set_state(self, state):
-    self.sampler.set_state(state)
+    self.batches.set_state(state)
 
 
 class Task:
@@ -112,7 +91,27 @@ class Task:
     self.data = config.data
     if self.data.name not in DATASETS:
       raise ValueError(f"data.name={self.data.name!r}: task 'asr' reads one of {DATASETS}.")
-    self.tokenizer = tokenizers.get_tokenizer(self.data.tokenizer)
+
+  @functools.cached_property
+  def _builder(self):
+    """The synthetic_speech builder and its SentencePiece tokenizer (built on first use)."""
+    return speech.load_corpus(self.data)
+
+  @functools.cached_property
+  def tokenizer(self):
+    if self.data.name == TONE_WORDS:
+      return tokenizers.get_tokenizer(self.data.tokenizer)
+    return self._builder[1]
+
+  def tokenizer_spec(self) -> str:
+    """What an export records to rebuild the tokenizer (``data.tokenizers.get_tokenizer``)."""
+    if self.data.name == TONE_WORDS:
+      return str(self.data.tokenizer)
+    return "sentencepiece:" + os.path.abspath(self.tokenizer.path)
+
+  def validate(self, global_batch_size: int) -> None:
+    """Model vs tokenizer ids, splits, and per-bucket batch sizes vs the mesh."""
+    del global_batch_size  # bucketed: each bucket has its own batch size
     c, tok = self.model_cfg, self.tokenizer
     if c.vocab_size < tok.vocab_size:
       raise ValueError(f"model.vocab_size={c.vocab_size} is smaller than the tokenizer's "
@@ -122,47 +121,48 @@ class Task:
         raise ValueError(f"model.{name}={getattr(c, name)} differs from the tokenizer's "
                          f"{getattr(tok, name)}; set --config.model.{name}="
                          f"{getattr(tok, name)}.")
-    if c.sample_rate != tone_words.SAMPLE_RATE:
+    if c.sample_rate != speech.SAMPLE_RATE:
       raise ValueError(f"model.sample_rate={c.sample_rate} Hz but {self.data.name} is "
-                       f"{tone_words.SAMPLE_RATE} Hz; set --config.model.sample_rate="
-                       f"{tone_words.SAMPLE_RATE}.")
-
-  def validate(self, global_batch_size: int) -> None:
-    del global_batch_size  # bucketed: each bucket has its own batch size
-    for split in (self.data.train_split, self.data.eval_split):
-      if split not in tone_words.SPLIT_SEEDS:
-        raise ValueError(f"tone_words split {split!r} is unknown; available: "
-                         f"{sorted(tone_words.SPLIT_SEEDS)}.")
-    if self.data.too_long not in ("drop", "error"):
-      raise ValueError(f"data.too_long={self.data.too_long!r} must be 'drop' or 'error'.")
+                       f"{speech.SAMPLE_RATE} Hz; set --config.model.sample_rate="
+                       f"{speech.SAMPLE_RATE}.")
+    if self.data.name == TONE_WORDS:
+      for split in (self.data.train_split, self.data.eval_split):
+        if split not in tone_words.SPLIT_SEEDS:
+          raise ValueError(f"tone_words split {split!r} is unknown; available: "
+                           f"{sorted(tone_words.SPLIT_SEEDS)}.")
     self.bucket_batch_sizes()  # the sizes must divide over the mesh
 
   # --------------------------------------------------------------------------------- data --
 
   @functools.lru_cache(maxsize=4)
   def corpus(self, split: str) -> dict:
-    """``{"audio", "text", "duration", "tokens"}`` of a split (tone_words: synthesized)."""
-    n = self.data.train_examples if split == self.data.train_split else self.data.eval_examples
-    c = tone_words.load(split, int(n), seed=int(self.config.seed), max_words=self.data.max_words)
-    c["tokens"] = [np.asarray(self.tokenizer.encode(t), np.int32) for t in c["text"]]
-    empty = [i for i, t in enumerate(c["tokens"]) if t.size == 0]
-    if empty:
-      raise ValueError(f"{self.data.name}/{split}: utterance {empty[0]} has an empty "
-                       "transcript; every training utterance needs text.")
-    return c
+    """``{"source" (random access: {"audio" int16, "text"}), "num_samples", "text"}``."""
+    if self.data.name == TONE_WORDS:
+      n = self.data.num_train if split == self.data.train_split else self.data.num_eval
+      c = tone_words.load(split, int(n), seed=int(self.data.corpus_seed),
+                          max_words=int(self.data.max_words))
+      return {"source": [{"audio": a, "text": t} for a, t in zip(c["audio"], c["text"])],
+              "num_samples": np.array([a.size for a in c["audio"]]), "text": c["text"]}
+    builder = self._builder[0]
+    meta = speech_synth.read_metadata(builder, split)
+    return {"source": speech_synth.data_source(builder, split),
+            "num_samples": np.asarray(meta["num_samples"]), "text": list(meta["text"])}
 
   @functools.cached_property
   def grid(self) -> bucketing.BucketGrid:
-    """Duration x token buckets estimated on the training split."""
+    """Duration x token buckets estimated on the training split (tokens without BOS/EOS:
+    the model adds its own)."""
     c = self.corpus(self.data.train_split)
-    ntok = [t.size for t in c["tokens"]]
+    dur = c["num_samples"] / speech.SAMPLE_RATE
+    ntok = [t.size for t in speech.tokenize_transcripts(c["text"], self.tokenizer,
+                                                        bos_eos=False)]
     if int(self.data.num_buckets) == 1 and int(self.data.num_subbuckets) == 1:
-      return bucketing.BucketGrid((float(np.max(c["duration"])),), (int(max(ntok)),))
+      return bucketing.BucketGrid((float(np.max(dur)),), (int(max(ntok)),))
     if int(self.data.num_subbuckets) > 1:
-      return bucketing.estimate_2d_bins(c["duration"], ntok, int(self.data.num_buckets),
+      return bucketing.estimate_2d_bins(dur, ntok, int(self.data.num_buckets),
                                         int(self.data.num_subbuckets),
-                                        float(self.data.tps_outlier_z))
-    return bucketing.estimate_1d_grid(c["duration"], ntok, int(self.data.num_buckets))
+                                        float(self.data.get("tps_outlier_z", 4.0)))
+    return bucketing.estimate_1d_grid(dur, ntok, int(self.data.num_buckets))
 
   def data_parallel_size(self) -> int:
     shape = sharding_lib.mesh_shape(self.config.mesh, jax.device_count())
@@ -170,7 +170,7 @@ class Task:
 
   def bucket_shapes(self) -> list[tuple[int, int]]:
     """``(audio samples, max tokens)`` of every bucket (each one compile)."""
-    return [(bucket_num_samples(d, self.model_cfg.sample_rate), int(t))
+    return [(speech.bucket_samples(d, self.model_cfg.sample_rate), int(t))
             for d, t in zip(self.grid.max_duration, self.grid.max_tokens)]
 
   def bucket_batch_sizes(self) -> list[int]:
@@ -193,29 +193,29 @@ class Task:
                        f"({max(self.grid.max_duration):.2f} s); raise data.max_duration.")
     return sizes
 
-  def _batches(self, split, *, seed, shuffle, num_epochs, remainder):
+  def _batches(self, split, *, seed, training):
     c = self.corpus(split)
     procs = jax.process_count()
-    sampler = bucketing.BucketedBatches(
-        c["duration"], [t.size for t in c["tokens"]], self.grid,
+    batches = speech.AsrBatches(
+        c["source"], c["num_samples"], c["text"], self.tokenizer, grid=self.grid,
         batch_sizes=[b // procs for b in self.bucket_batch_sizes()], seed=seed,
-        shuffle=shuffle, num_processes=procs, process_index=jax.process_index(),
-        too_long=self.data.too_long, remainder=remainder, num_epochs=num_epochs)
-    if sampler.dropped["too_long"] or sampler.dropped["tps_outlier"]:
-      print(f"{self.data.name}/{split}: dropped {sampler.dropped} utterances outside the "
-            "buckets (data.too_long='error' to fail instead)", flush=True)
-    return SpeechBatches(c["audio"], c["tokens"], sampler, self.model_cfg.sample_rate)
+        shuffle=training, num_epochs=None if training else 1,
+        remainder="carry" if training else "pad", num_processes=procs,
+        process_index=jax.process_index(), strict=bool(self.data.strict), bos_eos=False,
+        sample_rate=self.model_cfg.sample_rate)
+    if any(batches.dropped.values()):
+      print(f"{self.data.name}/{split}: dropped {batches.dropped} utterances outside the "
+            "buckets (data.strict=True to fail instead)", flush=True)
+    return ModelBatches(batches)
 
   def train_iterator(self, batch_size: int, seed: int):
     del batch_size  # per bucket (bucket_batch_sizes)
-    return self._batches(self.data.train_split, seed=seed, shuffle=True, num_epochs=None,
-                         remainder="carry")
+    return self._batches(self.data.train_split, seed=seed, training=True)
 
   def eval_batches(self, batch_size: int):
     del batch_size
     n = int(self.config.train.eval_batches)
-    it = self._batches(self.data.eval_split, seed=0, shuffle=False, num_epochs=1,
-                       remainder="pad")
+    it = self._batches(self.data.eval_split, seed=0, training=False)
     for i, batch in enumerate(it):
       if 0 <= n <= i:
         break
@@ -282,7 +282,7 @@ class Task:
         jax.process_count(), "audio-s"
 
   def export_extra(self) -> dict:
-    return {"dataset": str(self.data.name), "tokenizer": str(self.data.tokenizer),
+    return {"dataset": str(self.data.name), "tokenizer": self.tokenizer_spec(),
             "buckets": self.grid.to_dict()}
 
   @staticmethod
