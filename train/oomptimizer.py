@@ -39,6 +39,22 @@ from train import aot, loop, tasks
 from train import cli as train_cli
 
 
+def step_compiler(config, mesh, task=None):
+  """``compile(bucket, global_batch)``: the config's sharded train step compiled for one
+  bucket's static batch shape on ``mesh`` (nothing allocated)."""
+  task = task or tasks.build(config)
+  parts = loop.build(config, mesh, task)
+  state = ckpt_lib.abstract_like(parts["abstract_state"], parts["state_shardings"])
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding_lib.replicated(mesh))
+
+  def compile_step(bucket: int, batch: int):
+    spec = {name: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parts["batch_sharding"])
+            for name, s in task.bucket_spec(bucket, batch).items()}
+    return parts["train_step"].lower(state, spec, rng).compile()
+
+  return compile_step
+
+
 def optimize(config, *, target: str = "cpu", memory_fraction: float = 0.9,
              budget_bytes: float | None = None, max_per_device: int = 256,
              show_progress: bool = True) -> dict:
@@ -68,9 +84,7 @@ def optimize(config, *, target: str = "cpu", memory_fraction: float = 0.9,
                    else memory_fraction * tgt.chip.hbm_bytes)
   if budget <= 0:
     raise ValueError(f"the memory budget must be > 0 bytes, got {budget}.")
-  parts = loop.build(config, mesh, task)
-  state = ckpt_lib.abstract_like(parts["abstract_state"], parts["state_shardings"])
-  rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding_lib.replicated(mesh))
+  compile_step = step_compiler(config, mesh, task)
   unit = sharding_lib.data_parallel_size(mesh) * int(config.train.microbatches)
   hi = unit * int(max_per_device)
   shapes = task.bucket_shapes()
@@ -81,9 +95,7 @@ def optimize(config, *, target: str = "cpu", memory_fraction: float = 0.9,
     samples, max_tokens = shapes[k]
 
     def build(b, k=k):
-      spec = {name: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parts["batch_sharding"])
-              for name, s in task.bucket_spec(k, b).items()}
-      return parts["train_step"].lower(state, spec, rng).compile()
+      return compile_step(k, b)
 
     bar = tqdm(total=2 + math.ceil(math.log2(max(hi // lo, 1))), disable=not show_progress,
                desc=f"bucket {k} ({samples / task.model_cfg.sample_rate:.2f} s, "

@@ -3,13 +3,11 @@ within the budget and the next batch up does not; the JSON is what the ASR task 
 import json
 from pathlib import Path
 
-import jax
 import pytest
 
-from core import checkpoint as ckpt_lib
 from core import fit
 from core import sharding as sharding_lib
-from train import loop, oomptimizer, tasks
+from train import oomptimizer, tasks
 from tests.train.test_asr import small_config
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "asr_tiny.py")
@@ -24,14 +22,8 @@ def _config():
 
 def _bytes(config, bucket, batch):
   """Peak bytes per device of ``config``'s train step compiled for one bucket's batch."""
-  task = tasks.build(config)
-  mesh = sharding_lib.make_mesh(config.mesh)
-  parts = loop.build(config, mesh, task)
-  state = ckpt_lib.abstract_like(parts["abstract_state"], parts["state_shardings"])
-  rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=sharding_lib.replicated(mesh))
-  spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=parts["batch_sharding"])
-          for k, v in task.bucket_spec(bucket, batch).items()}
-  return fit.step_bytes(parts["train_step"].lower(state, spec, rng).compile())
+  compile_step = oomptimizer.step_compiler(config, sharding_lib.make_mesh(config.mesh))
+  return fit.step_bytes(compile_step(bucket, batch))
 
 
 def test_chosen_sizes_fit_and_the_next_size_does_not(tmp_path):

@@ -9,7 +9,9 @@ the bucket's token limit. Buckets are NeMo-style 2D bins (duration x output toke
 batch size comes from the OOMptimizer's JSON (``data.bucket_batch_sizes``,
 :mod:`train.oomptimizer`) or from a padded-audio budget (``data.max_duration`` seconds per
 batch), rounded down to a multiple of the data-parallel size. Padding rows (``audio_len`` 0)
-count nowhere.
+count nowhere. Batches are :class:`data.speech.AsrBatches` (tokens without BOS/EOS: the model
+adds them) over ``data.name``: ``tone_words`` (spoken digits synthesized in memory, quick) or
+``synthetic_speech`` (the espeak-ng corpus, :mod:`data.speech_synth`, and its SentencePiece).
 
 The loop jits the train step once per bucket shape (a different static batch shape is a new
 trace of the same ``jax.jit``); the eval step likewise, with greedy decoding for
