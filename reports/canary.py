@@ -32,8 +32,9 @@ from reports import common
 from train import loop, oomptimizer, tasks
 from train.tasks import asr as asr_task
 
-FULL = {"steps": 3000, "budget_rows": 64, "max_per_device": 256, "overrides": {}}
-QUICK = {"steps": 8, "budget_rows": 8, "max_per_device": 2,
+FULL = {"steps": 3000, "budget_rows": 64, "max_per_device": 256, "granularity": 1,
+        "overrides": {}}
+QUICK = {"steps": 8, "budget_rows": 8, "max_per_device": 16, "granularity": 4,
          "overrides": {"model": dict(d_model=32, n_heads=2, head_dim=16, mlp_dim=64,
                                      subsampling_channels=8),
                        "data": dict(num_train=48, num_eval=8, max_words=2, num_buckets=2,
@@ -65,7 +66,8 @@ def batching(config, cfg) -> dict:
   compile_step = oomptimizer.step_compiler(config, sharding.make_mesh(config.mesh), task)
   budget = fit.step_bytes(compile_step(longest, fixed_rows))
   fitted = oomptimizer.optimize(config, target="cpu", budget_bytes=budget,
-                                max_per_device=cfg["max_per_device"], show_progress=False)
+                                max_per_device=cfg["max_per_device"], min_batch=fixed_rows,
+                                granularity=cfg["granularity"], show_progress=False)
   fixed = [fixed_rows] * task.grid.num_buckets
   corpus = task.corpus(config.data.train_split)
   dur = corpus["num_samples"] / 16_000

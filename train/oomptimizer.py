@@ -57,8 +57,13 @@ def step_compiler(config, mesh, task=None):
 
 def optimize(config, *, target: str = "cpu", memory_fraction: float = 0.9,
              budget_bytes: float | None = None, max_per_device: int = 256,
+             min_batch: int | None = None, granularity: int = 1,
              show_progress: bool = True) -> dict:
   """Per-bucket global batch sizes for ``config`` (task ``asr``) on ``target``.
+
+  ``min_batch``: a global batch known to fit the longest bucket (the search starts there);
+  ``granularity``: sizes are multiples of ``granularity`` x data-parallel size x microbatches
+  (fewer compiles, coarser sizes).
 
   Returns ``{"bucket_batch_sizes", "buckets" (shapes), "budget_bytes", "target", "mesh",
   "per_bucket": [fit_batch_size results]}``.
@@ -85,12 +90,18 @@ def optimize(config, *, target: str = "cpu", memory_fraction: float = 0.9,
   if budget <= 0:
     raise ValueError(f"the memory budget must be > 0 bytes, got {budget}.")
   compile_step = step_compiler(config, mesh, task)
-  unit = sharding_lib.data_parallel_size(mesh) * int(config.train.microbatches)
-  hi = unit * int(max_per_device)
+  if int(granularity) < 1:
+    raise ValueError(f"granularity={granularity} must be >= 1.")
+  rows = sharding_lib.data_parallel_size(mesh) * int(config.train.microbatches)
+  unit = rows * int(granularity)
+  hi = max(unit, rows * int(max_per_device) // unit * unit)
   shapes = task.bucket_shapes()
   sizes: list[int | None] = [None] * len(shapes)
   results: list[dict | None] = [None] * len(shapes)
-  lo = unit
+  lo = unit if min_batch is None else max(unit, -(-int(min_batch) // unit) * unit)
+  if lo > hi:
+    raise ValueError(f"min_batch={min_batch} is above the largest batch tried ({hi}); raise "
+                     "--max-per-device.")
   for k in reversed(range(len(shapes))):
     samples, max_tokens = shapes[k]
 
