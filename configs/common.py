@@ -80,6 +80,37 @@ def mesh_config() -> ml_collections.ConfigDict:
   return m
 
 
+def asr_data_config() -> ml_collections.ConfigDict:
+  """The ``data`` section of the speech recognition task (train/tasks/asr.py): the speech
+  corpus' section (data/defaults.py) set to the quick in-memory ``tone_words`` corpus; set
+  ``data.name=synthetic_speech`` for the espeak-ng corpus (its SentencePiece tokenizer)."""
+  d = data_defaults.speech_config()
+  d.name = "tone_words"
+  d.num_train, d.num_eval, d.num_buckets = 1000, 64, 4
+  d.max_duration = 40.0
+  d.bucket_batch_sizes = ml_collections.config_dict.placeholder(str)  # OOMptimizer JSON
+  d.data_dir = ml_collections.config_dict.placeholder(str)  # synthetic_speech: TFDS data_dir
+  d.max_files = ml_collections.config_dict.placeholder(int)  # synthetic_speech: sentence files
+  d.tokenizer = "byte"        # tone_words only (synthetic_speech brings its SentencePiece)
+  d.max_words = 6             # tone_words only: words per utterance at most
+  d.tps_outlier_z = 4.0
+  return d
+
+
+def asr_config(enc_layers: int, dec_layers: int, **model) -> ml_collections.ConfigDict:
+  """An ASR config (task ``asr``, an ``encdec`` model) with ``enc_layers``/``dec_layers``."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.task = "asr"
+  c.model = {"name": "encdec", **model_configs.EncDecConfig(
+      enc_layers=enc_layers, dec_layers=dec_layers, **model).to_dict()}
+  c.data = asr_data_config()
+  c.train = train_config()
+  c.optim = optim_config()
+  c.mesh = mesh_config()
+  return c
+
+
 def base_config(size: str = "tiny") -> ml_collections.ConfigDict:
   """A language-model config (task ``lm``, a ``transformer`` of preset ``size``)."""
   c = ml_collections.ConfigDict()
@@ -153,9 +184,9 @@ def rl_config(size: str = "tiny") -> ml_collections.ConfigDict:
 # to the values; tests/train/test_cli.py fails if a config has a key without one).
 KEY_DOCS = {
     "seed": "seed of the parameter init, the data order and the step rng",
-    "task": "what the loop trains: lm | classify (train/tasks/)",
+    "task": "what the loop trains: lm | classify | asr (train/tasks/)",
     # model
-    "model.name": "model by name: transformer | convnet | lora (models/registry.py)",
+    "model.name": "model by name: transformer | convnet | lora | encdec (models/registry.py)",
     "model.vocab_size": "embedding rows (>= the tokenizer's vocabulary; padded ids never sampled)",
     "model.d_model": "width of the residual stream",
     "model.n_layers": "decoder blocks",
@@ -183,17 +214,42 @@ KEY_DOCS = {
     "model.lora_alpha": "lora model: the update is (lora_alpha / lora_rank) A B",
     "model.peft_targets": "lora model: weights that get a PEFT part (q_proj, v_proj, ..., "
                           "embed, lm_head)",
+    "model.enc_layers": "encdec: Conformer encoder blocks",
+    "model.dec_layers": "encdec: Transformer decoder blocks (self-attn, cross-attn, SwiGLU)",
+    "model.conv_kernel": "encdec: depthwise conv width of the Conformer conv module (odd)",
+    "model.subsampling_channels": "encdec: channels of the three stride-2 subsampling convs",
+    "model.n_mels": "encdec: log-mel bins of the model's front end (divisible by 8)",
+    "model.sample_rate": "encdec: audio sample rate in Hz the front end expects",
+    "model.bos_id": "encdec: decoder start token (the tokenizer's BOS)",
+    "model.eos_id": "encdec: end-of-transcript token (the tokenizer's EOS)",
+    "model.pad_id": "encdec: padding token (the tokenizer's pad)",
     # data
     "data.name": "dataset: python_stdlib (bundled) or a locally prepared TFDS text dataset; "
-                 "digits for the classify task",
+                 "digits for the classify task, tone_words or synthetic_speech for asr",
     "data.text_key": "the text feature of a TFDS dataset",
     "data.tokenizer": "byte | sentencepiece:PATH | hf:PATH/tokenizer.json",
     "data.data_dir": "TFDS data_dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
     "data.train_split": "split to train on",
     "data.eval_split": "split to evaluate on",
-    "data.max_files": "python_stdlib only: use a deterministic subset of this many files",
+    "data.max_files": "python_stdlib / synthetic_speech: use a deterministic subset of this "
+                      "many stdlib files",
     "data.validation_permille": "python_stdlib only: files per 1000 held out for validation",
     "data.seq_len": "tokens per packed row",
+    "data.num_train": "asr: training utterances (tone_words: synthesized in memory; "
+                      "synthetic_speech: built once)",
+    "data.num_eval": "asr: utterances of each evaluation split",
+    "data.corpus_seed": "asr: seed of the synthesized corpus",
+    "data.tokenizer_vocab": "synthetic_speech: SentencePiece vocabulary fit on its transcripts",
+    "data.strict": "asr: an utterance outside every bucket is an error (False: dropped and "
+                   "counted)",
+    "data.max_words": "asr/tone_words: words per utterance at most",
+    "data.num_buckets": "asr: duration buckets (lhotse's 1D bins on the training split)",
+    "data.num_subbuckets": "asr: output-token sub-buckets per duration bucket (2D bins; 1: 1D)",
+    "data.tps_outlier_z": "asr: drop utterances whose tokens/second z-score exceeds this",
+    "data.max_duration": "asr: seconds of padded audio per batch per process, when "
+                         "data.bucket_batch_sizes is not set",
+    "data.bucket_batch_sizes": "asr: global batch size per bucket: the OOMptimizer's JSON "
+                               "(python -m train.oomptimizer) or a JSON list",
     # train
     "train.steps": "optimizer steps of the whole run (a rerun resumes until it reaches them)",
     "train.global_batch_size": "examples (rows) per step over all devices and hosts",

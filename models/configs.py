@@ -149,3 +149,57 @@ class ConvNetConfig(_Dict):
     if self.image_size % (2 ** len(self.channels)):
       raise ValueError(f"image_size={self.image_size} must be divisible by 2**len(channels)="
                        f"{2 ** len(self.channels)} (each conv block halves it).")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncDecConfig(_Dict):
+  """The attention encoder-decoder ASR model of :mod:`models.encdec` (Canary-style): log-mel
+  front end, 8x conv subsampling, Conformer encoder, Transformer decoder with cross-attention.
+  """
+  vocab_size: int = 259  # the byte tokenizer's 256 + pad/bos/eos
+  d_model: int = 64
+  n_heads: int = 4
+  head_dim: int = 16
+  enc_layers: int = 2
+  dec_layers: int = 2
+  mlp_dim: int = 256  # SwiGLU hidden width (encoder FFNs and decoder MLPs)
+  conv_kernel: int = 9  # depthwise conv of the Conformer conv module (odd: symmetric)
+  subsampling_channels: int = 64  # channels of the three stride-2 conv subsampling stages
+  n_mels: int = 80
+  sample_rate: int = 16_000
+  bos_id: int = 1
+  eos_id: int = 2
+  pad_id: int = 0
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: bool = False  # rematerialize each encoder/decoder block in the backward pass
+
+  def __post_init__(self):
+    for name in ("vocab_size", "d_model", "n_heads", "head_dim", "enc_layers", "mlp_dim",
+                 "subsampling_channels", "n_mels", "dec_layers"):
+      if int(getattr(self, name)) < 1:
+        raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1.")
+    if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+      raise ValueError(f"model.conv_kernel={self.conv_kernel} must be odd and >= 1 (a "
+                       "symmetric 'same' convolution).")
+    if self.head_dim % 2:
+      raise ValueError(f"model.head_dim={self.head_dim} must be even for RoPE.")
+    if self.n_mels % 8:
+      raise ValueError(f"model.n_mels={self.n_mels} must be divisible by 8 (three stride-2 "
+                       "subsampling stages halve the mel axis).")
+    for name in ("bos_id", "eos_id", "pad_id"):
+      if not 0 <= int(getattr(self, name)) < self.vocab_size:
+        raise ValueError(f"model.{name}={getattr(self, name)} must be in [0, vocab_size="
+                         f"{self.vocab_size}).")
+
+  def num_params(self) -> int:
+    """Parameters of :mod:`models.encdec` (tied output embedding)."""
+    d, a, m, c = self.d_model, self.n_heads * self.head_dim, self.mlp_dim, \
+        self.subsampling_channels
+    sub = 9 * c + c + 2 * (9 * c * c + c) + c * (self.n_mels // 8) * d  # convs have biases
+    enc_block = 4 * d * m + 4 * d * a + 3 * d * d + self.conv_kernel * d + 6 * d
+    dec_block = 8 * d * a + 3 * d * m + 3 * d
+    return (sub + self.enc_layers * enc_block + self.dec_layers * dec_block
+            + self.vocab_size * d + d)

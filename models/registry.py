@@ -15,6 +15,7 @@ MODELS = {
     "transformer": "models.transformer",  # Llama-style decoder (language models)
     "convnet": "models.convnet",          # small image classifier
     "lora": "models.lora",                # the transformer with a frozen base + LoRA / IA3
+    "encdec": "models.encdec",            # Conformer encoder + Transformer decoder (ASR)
 }
 DEFAULT = "transformer"  # exports written before models had names are transformers
 

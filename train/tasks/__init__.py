@@ -27,6 +27,7 @@ import importlib
 TASKS = {
     "lm": "train.tasks.lm",              # language modelling on packed text
     "classify": "train.tasks.classify",  # image classification (digits)
+    "asr": "train.tasks.asr",            # speech recognition (attention encoder-decoder)
 }
 
 
