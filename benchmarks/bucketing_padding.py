@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -77,6 +78,36 @@ def speech_corpus(num_train: int, data_dir: str | None) -> tuple[np.ndarray, np.
   tok = tokenizers.get_tokenizer("sentencepiece:" + speech_synth.train_tokenizer(builder))
   t = np.asarray([x.size for x in speech.tokenize_transcripts(meta["text"], tok)])
   return meta["duration"], t
+
+
+def lhotse_rows(d, t, max_duration: float, num_buckets: int = 30, seed: int = 0) -> list[dict]:
+  """Padding of lhotse's own ``DynamicBucketingSampler`` (unshuffled and shuffled) on the same
+  durations and budget. lhotse knows no tokens: each cut's count is looked up by id. Its batches
+  have dynamic shapes, so each is counted as padded to its own longest cut and most tokens (as a
+  PyTorch collate would). lhotse estimates its bins from the first 10,000 cuts (its default).
+  Needs ``pip install lhotse`` (the ``bench`` extra)."""
+  import lhotse  # pylint: disable=import-outside-toplevel
+  from lhotse.dataset.sampling.dynamic_bucketing import DynamicBucketingSampler  # pylint: disable=import-outside-toplevel
+  from lhotse.testing.dummies import dummy_cut  # pylint: disable=import-outside-toplevel
+  warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")  # in memory on purpose
+  cuts = lhotse.CutSet.from_cuts(dummy_cut(i, duration=float(x)) for i, x in enumerate(d))
+  tokens = {c.id: int(t[i]) for i, c in enumerate(cuts)}
+  rows = []
+  for shuffle in (False, True):
+    sampler = DynamicBucketingSampler(cuts, max_duration=max_duration, num_buckets=num_buckets,
+                                      shuffle=shuffle, buffer_size=len(d) + 1, seed=seed,
+                                      world_size=1, rank=0)
+    batches = [(np.array([c.duration for c in b]), np.array([tokens[c.id] for c in b]))
+               for b in sampler]
+    real_d, pad_d = sum(x.sum() for x, _ in batches), sum(x.size * x.max() for x, _ in batches)
+    real_t, pad_t = sum(y.sum() for _, y in batches), sum(y.size * y.max() for _, y in batches)
+    rows.append({"method": f"lhotse_dynamic_bucketing_shuffle={shuffle}",
+                 "duration": float(1 - real_d / pad_d), "tokens": float(1 - real_t / pad_t),
+                 "batches": len(batches),
+                 "mean_batch_size": sum(x.size for x, _ in batches) / len(batches),
+                 "max_padded_seconds": float(max(x.size * x.max() for x, _ in batches)),
+                 "lhotse_version": lhotse.__version__})
+  return rows
 
 
 def run(num_examples: int, max_duration: float, seed: int, num_buckets: int = 30,

@@ -56,6 +56,37 @@ def test_equals_lhotse_transcription(kind):
     assert bk.assign_buckets(ours, d).tolist() == [bisect.bisect_left(ref, x) for x in d]
 
 
+def test_equals_lhotse_itself():
+  """The installed lhotse's estimate_duration_buckets (on dummy cuts) and its bisect_left."""
+  from lhotse import CutSet  # pylint: disable=import-outside-toplevel
+  from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets  # pylint: disable=import-outside-toplevel
+  from lhotse.testing.dummies import dummy_cut  # pylint: disable=import-outside-toplevel
+  for seed in range(12):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 300))
+    d = np.round(rng.lognormal(1.0, 0.8, n), 2) if seed % 2 else rng.integers(1, 4, n) * 1.0
+    k = int(rng.integers(2, min(n, 30) + 1))
+    cuts = CutSet.from_cuts(dummy_cut(i, duration=float(x)) for i, x in enumerate(d))
+    ref = [float(x) for x in estimate_duration_buckets(cuts, k)]
+    assert bk.estimate_duration_bins(d, k) == ref, (seed, n, k)
+    assert bk.assign_buckets(ref, d).tolist() == [bisect.bisect_left(ref, x) for x in d]
+
+
+def test_lhotse_sampler_padding_accounting():
+  """benchmarks.bucketing_padding.lhotse_rows: every cut in exactly one batch, and lhotse's
+  bucketing pads less than one batch padded to the longest cut."""
+  from benchmarks import bucketing_padding  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  d, t = long_tail(rng, 500)
+  d = np.round(d, 2)  # dummy cuts keep durations to the sample: round so sums are exact
+  rows = bucketing_padding.lhotse_rows(d, t, max_duration=60.0, num_buckets=6)
+  for r in rows:
+    assert r["mean_batch_size"] * r["batches"] == pytest.approx(d.size)
+    assert 0.0 < r["duration"] < 1.0 and 0.0 < r["tokens"] < 1.0
+  lower = 1 - d.sum() / (d.size * d.max())  # one batch padded to the longest: the worst case
+  assert rows[0]["duration"] < lower
+
+
 def test_estimate_bad_input():
   with pytest.raises(ValueError, match="num_buckets"):
     bk.estimate_duration_bins([1.0, 2.0], 1)
