@@ -386,8 +386,9 @@ def cross_entropy(logits, targets, weights):
 
 def greedy_decode(graphdef, params, audio, audio_len, max_len: int):
   """Greedy transcripts ``int32 [B, max_len]``: argmax token per step from BOS, over a KV
-  cache, ``max_len`` steps (static: one compile per audio shape); every position at or after
-  a row's first EOS holds ``pad_id``."""
+  cache, at most ``max_len`` steps (static: one compile per audio shape); it stops as soon as
+  every row has emitted EOS (a ``while_loop``, so short transcripts cost short decodes);
+  every position at or after a row's first EOS holds ``pad_id``."""
   model = functional.merge(graphdef, params)
   cfg = model.cfg
   b = audio.shape[0]
@@ -396,18 +397,22 @@ def greedy_decode(graphdef, params, audio, audio_len, max_len: int):
   cache = [{"k": jnp.zeros(shape, jnp.dtype(cfg.dtype)), "v": jnp.zeros(shape, jnp.dtype(cfg.dtype))}
            for _ in range(cfg.dec_layers)]
 
-  def step(carry, i):
-    token, done, cache = carry
+  def running(carry):
+    i, _, done, _, _ = carry
+    return (i < max_len) & ~jnp.all(done)
+
+  def step(carry):
+    i, token, done, cache, out = carry
     m = functional.merge(graphdef, params)
     logits, cache = m.decode(token[:, None], jnp.full((b, 1), i, jnp.int32), kvs, enc_mask,
                              cache)
     nxt = jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
-    out = jnp.where(done | (nxt == cfg.eos_id), cfg.pad_id, nxt)
-    return (nxt, done | (nxt == cfg.eos_id), cache), out
+    out = out.at[:, i].set(jnp.where(done | (nxt == cfg.eos_id), cfg.pad_id, nxt))
+    return i + 1, nxt, done | (nxt == cfg.eos_id), cache, out
 
-  init_carry = (jnp.full((b,), cfg.bos_id, jnp.int32), jnp.zeros((b,), bool), cache)
-  _, out = jax.lax.scan(step, init_carry, jnp.arange(max_len))
-  return out.T
+  init = (jnp.int32(0), jnp.full((b,), cfg.bos_id, jnp.int32), jnp.zeros((b,), bool), cache,
+          jnp.full((b, max_len), cfg.pad_id, jnp.int32))
+  return jax.lax.while_loop(running, step, init)[-1]
 
 
 def cut_at_stop(ids, cfg: EncDecConfig) -> np.ndarray:

@@ -48,17 +48,18 @@ def test_chat_answers_stops_at_im_end_and_matches_transformers(smollm2, smollm2_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bits", [4])
-def test_quantized_smollm2_serves_through_the_kernel(smollm2_export, smollm2, tmp_path, bits,
-                                                     capsys):
-  """An AdaDim (RTN-ada) export: the kernel path and the dequantized dense path agree."""
-  out = tmp_path / f"w{bits}"
-  assert qmain.main(["--checkpoint", str(smollm2_export), "--method", "rtn", "--dim", "ada",
+@pytest.mark.parametrize("method,bits", [("rtn", 4), ("gptq", 4), ("gptq", 3)])
+def test_quantized_smollm2_serves_through_the_kernel(smollm2_export, smollm2, tmp_path, method,
+                                                     bits, capsys):
+  """AdaDim exports (RTN-ada int4, GPTQ-ada int4 and int3): the kernel path and the
+  dequantized dense path generate the same tokens."""
+  out = tmp_path / f"{method}_w{bits}"
+  assert qmain.main(["--checkpoint", str(smollm2_export), "--method", method, "--dim", "ada",
                      "--bits", str(bits), "--group", "64", "--calib-samples", "8",
                      "--calib-seq-len", "64", "--no-progress", "--out", str(out)]) == 0
   capsys.readouterr()
   qdec, tok, meta = engine.load(out, max_len=256)
-  assert meta["quantization"]["bits"] == bits
+  assert (meta["quantization"]["bits"], meta["quantization"]["method"]) == (bits, method)
   weights = [v for v in jax.tree.leaves(qdec.params, is_leaf=lambda v: isinstance(
       v, qtensor.QuantizedWeight)) if isinstance(v, qtensor.QuantizedWeight)]
   assert len(weights) == 7 * 30 and {w.dim for w in weights} <= {"oc", "ic"}
