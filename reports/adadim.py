@@ -147,6 +147,7 @@ def run(args) -> dict:
               f"({time.time() - t:.0f} s)", flush=True)
         out["seconds"] = time.time() - t0
         write_outputs(out, args)  # after every run: an interrupted report keeps its numbers
+  write_outputs(out, args)  # --resume: the last runs may all have been kept
   print(f"wrote {common.out_dir(args) / (args.name + '.md')}, .png and .json")
   return out
 
