@@ -41,6 +41,13 @@ def test_word_errors_counts_substitutions_deletions_insertions():
   assert asr_task.word_errors(["", "one"], ["x", "one"]) == (0, 1)  # padding rows skipped
 
 
+def test_char_errors_count_edits_over_reference_characters():
+  # "one two" -> "one tw": 1 deletion; "six" -> "sax": 1 substitution; "" hypothesis: all 4 deleted
+  assert asr_task.char_errors(["one two", "six", "nine"], ["one tw", "sax", ""]) == (6, 14)
+  assert asr_task.char_errors(["abc"], ["abcd"]) == (1, 3)   # an insertion
+  assert asr_task.char_errors(["", "x"], ["y", "x"]) == (0, 1)  # empty references are skipped
+
+
 def test_batches_have_bucket_shapes_and_resume_exactly():
   c = small_config()
   c.data.num_buckets, c.data.num_subbuckets, c.data.max_duration = 2, 2, 8 * 2.0
@@ -91,7 +98,7 @@ def test_train_export_transcribe_end_to_end(tmp_path, capsys):
   rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   losses = [r["loss"] for r in rows if "loss" in r]
   assert losses[-1] < 0.8 * losses[0]
-  assert 0 <= out["eval_wer"] and out["eval_utterances"] == 8
+  assert 0 <= out["eval_wer"] and 0 <= out["eval_cer"] and out["eval_utterances"] == 8
   # A held-out utterance (the test split) through the CLI, against the in-process decoder.
   audio, _ = tone_words.utterance(np.random.default_rng(99), max_words=2)
   wav = tmp_path / "held_out.wav"

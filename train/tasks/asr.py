@@ -52,6 +52,22 @@ def word_errors(refs: list[str], hyps: list[str]) -> tuple[int, int]:
   return errors, words
 
 
+def char_errors(refs: list[str], hyps: list[str]) -> tuple[int, int]:
+  """``(S + D + I, reference characters)`` over utterance pairs (jiwer's character alignment,
+  spaces included): the CER that shows learning while most words still carry an error."""
+  errors = chars = 0
+  for ref, hyp in zip(refs, hyps):
+    if not ref:
+      continue
+    if not hyp:
+      errors, chars = errors + len(ref), chars + len(ref)
+      continue
+    out = jiwer.process_characters(ref, hyp)
+    errors += out.substitutions + out.deletions + out.insertions
+    chars += len(ref)
+  return errors, chars
+
+
 def transcripts(tokenizer, ids: np.ndarray, lengths=None, cfg=None) -> list[str]:
   """Text of each row of ``ids``: up to ``lengths``, or (decoder output) up to the first
   EOS/pad of ``cfg``."""
@@ -252,31 +268,33 @@ class Task:
     weights = weights * (batch["audio_len"] > 0)[:, None]
     return encdec.cross_entropy(logits, targets, weights)
 
-  def _host_word_errors(self, hyp, tokens, token_len):
+  def _host_errors(self, hyp, tokens, token_len):
     refs = transcripts(self.tokenizer, tokens, token_len)
-    errors, words = word_errors(refs, transcripts(self.tokenizer, hyp, cfg=self.model_cfg))
-    return np.float32(errors), np.float32(words)
+    hyps = transcripts(self.tokenizer, hyp, cfg=self.model_cfg)
+    return tuple(np.float32(x) for x in word_errors(refs, hyps) + char_errors(refs, hyps))
 
   def eval_sums(self, graphdef, params, batch):
     nll, count = self.loss(self.forward(graphdef, params, batch), batch)
     hyp = encdec.greedy_decode(graphdef, params, batch["audio"], batch["audio_len"],
                                batch["tokens"].shape[1] + 1)
     scalar = jax.ShapeDtypeStruct((), jnp.float32)
-    errors, words = jax.pure_callback(self._host_word_errors, (scalar, scalar), hyp,
-                                      batch["tokens"], batch["token_len"])
+    errors, words, cerrors, chars = jax.pure_callback(
+        self._host_errors, (scalar,) * 4, hyp, batch["tokens"], batch["token_len"])
     return {"nll": nll, "count": count, "word_errors": errors, "words": words,
+            "char_errors": cerrors, "chars": chars,
             "utterances": jnp.sum(batch["audio_len"] > 0).astype(jnp.float32)}
 
   @staticmethod
   def eval_metrics(sums) -> dict[str, float]:
     return {"eval_loss": sums["nll"] / max(sums["count"], 1.0),
             "eval_wer": sums["word_errors"] / max(sums["words"], 1.0),
+            "eval_cer": sums["char_errors"] / max(sums["chars"], 1.0),
             "eval_utterances": sums["utterances"]}
 
   @staticmethod
   def describe_eval(m) -> str:
-    return (f"eval loss {m['eval_loss']:.4f} | WER {100 * m['eval_wer']:.1f}% "
-            f"({int(m['eval_utterances'])} utterances)")
+    return (f"eval loss {m['eval_loss']:.4f} | WER {100 * m['eval_wer']:.1f}% | CER "
+            f"{100 * m['eval_cer']:.1f}% ({int(m['eval_utterances'])} utterances)")
 
   def throughput(self, batch) -> tuple[float, str]:
     """Real audio seconds of a batch (padding does not count)."""
