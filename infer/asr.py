@@ -80,8 +80,8 @@ class Transcriber:
             for idx, batch, lens in groups]
     for idx, ids in outs:
       for row, i in enumerate(idx):
-        texts[i] = self.tokenizer.decode(encdec.cut_at_stop(np.asarray(ids[row]),
-                                                            self.cfg)).strip()
+        texts[i] = self.tokenizer.decode(encdec.cut_at_stop(
+            np.asarray(ids[row]), self.cfg, self.tokenizer.vocab_size).tolist()).strip()
     wall = time.perf_counter() - t0
     seconds = sum(a.size for a in audios) / self.cfg.sample_rate
     return texts, {"audio_seconds": seconds, "wall_seconds": wall,

@@ -415,8 +415,12 @@ def greedy_decode(graphdef, params, audio, audio_len, max_len: int):
   return jax.lax.while_loop(running, step, init)[-1]
 
 
-def cut_at_stop(ids, cfg: EncDecConfig) -> np.ndarray:
-  """A decoded row up to (not including) its first EOS or pad: the transcript's ids."""
+def cut_at_stop(ids, cfg: EncDecConfig, vocab_size: int | None = None) -> np.ndarray:
+  """A decoded row up to (not including) its first EOS or pad: the transcript's ids. With
+  ``vocab_size`` (the tokenizer's), ids at or above it are dropped: a model whose embedding
+  table is larger than its tokenizer (the byte-sized default under a SentencePiece model) can
+  emit ids that have no piece, and they carry no text."""
   ids = np.asarray(ids)
   stop = np.flatnonzero((ids == cfg.eos_id) | (ids == cfg.pad_id))
-  return ids[:stop[0]] if stop.size else ids
+  ids = ids[:stop[0]] if stop.size else ids
+  return ids if vocab_size is None else ids[ids < vocab_size]

@@ -35,6 +35,13 @@ TINY = {
                    "--config.rl.eval_problems=8", "--config.rl.max_new_tokens=6",
                    "--config.rl.checkpoint_every=2"],
 }
+# Commands whose config reads a large corpus get these too (matched on the --config path).
+TINY_CONFIG = {
+    "configs/asr_speech.py": ["--config.data.num_train=16", "--config.data.num_eval=2",
+                              "--config.data.max_files=60", "--config.data.tokenizer_vocab=64",
+                              "--config.data.num_buckets=2", "--config.data.num_subbuckets=1",
+                              "--config.data.data_dir=workdirs/tfds"],
+}
 # Reports and benchmarks: tests/reports/test_quick.py runs every one of them (--quick); here
 # only that the module the README names exists.
 COVERED_ELSEWHERE = ("reports.", "benchmarks.")
@@ -57,7 +64,8 @@ def _tiny(args: list[str]) -> list[str]:
   if any(a in NO_TINY for a in args):
     return []
   target = args[2] if args[1] == "-m" else args[1]
-  return next((extra for key, extra in TINY.items() if target.startswith(key)), [])
+  extra = next((extra for key, extra in TINY.items() if target.startswith(key)), [])
+  return extra + [a for key, more in TINY_CONFIG.items() if key in args for a in more]
 
 
 @pytest.fixture(scope="module")

@@ -127,3 +127,9 @@ def test_decoder_targets_put_eos_after_the_transcript():
   assert targets.tolist() == [[5, 6, 7, 2, 0], [8, 2, 0, 0, 0]]
   assert weights.tolist() == [[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]]
   assert encdec.decoder_inputs(tokens, 1).tolist() == [[1, 5, 6, 7, 0], [1, 8, 0, 0, 0]]
+
+
+def test_cut_at_stop_drops_ids_the_tokenizer_does_not_have():
+  ids = np.array([7, 300, 9, CFG.eos_id, 5])
+  assert encdec.cut_at_stop(ids, CFG).tolist() == [7, 300, 9]
+  assert encdec.cut_at_stop(ids, CFG, vocab_size=256).tolist() == [7, 9]

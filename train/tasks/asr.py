@@ -73,7 +73,8 @@ def transcripts(tokenizer, ids: np.ndarray, lengths=None, cfg=None) -> list[str]
   EOS/pad of ``cfg``."""
   out = []
   for i, row in enumerate(np.asarray(ids)):
-    row = row[:max(int(lengths[i]), 0)] if lengths is not None else encdec.cut_at_stop(row, cfg)
+    row = (row[:max(int(lengths[i]), 0)] if lengths is not None
+           else encdec.cut_at_stop(row, cfg, tokenizer.vocab_size))
     out.append(tokenizer.decode(row.tolist()).strip())
   return out
 
@@ -307,4 +308,5 @@ class Task:
 
   @staticmethod
   def final_metrics(last_eval) -> tuple[dict, str]:
-    return {}, f"final validation WER {100 * last_eval['eval_wer']:.1f}%"
+    return {}, (f"final validation WER {100 * last_eval['eval_wer']:.1f}%, CER "
+                f"{100 * last_eval['eval_cer']:.1f}%")
