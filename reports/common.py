@@ -29,6 +29,13 @@ def arg_parser(doc: str) -> argparse.ArgumentParser:
   return p
 
 
+def add_from_json_flag(parser: argparse.ArgumentParser, name: str) -> None:
+  """``--from-json``: re-render ``<name>.md`` (and figures) from the last run's JSON."""
+  parser.add_argument("--from-json", action="store_true",
+                      help=f"re-render the report from the last run's {name}.json in --out-dir "
+                      "(default reports/); nothing is recomputed")
+
+
 def out_dir(args) -> pathlib.Path:
   if args.out_dir:
     path = pathlib.Path(args.out_dir)

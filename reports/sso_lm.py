@@ -61,9 +61,7 @@ def run(name: str, m: int | None, settings: dict = SETTINGS) -> dict:
 
 def main(argv=None):
   parser = common.arg_parser(__doc__)
-  parser.add_argument("--from-json", action="store_true",
-                      help="re-render the report from the last run's sso_lm.json in --out-dir "
-                      "(default reports/)")
+  common.add_from_json_flag(parser, "sso_lm")
   args = parser.parse_args(argv)
   out = common.out_dir(args)
   settings = QUICK if args.quick else SETTINGS

@@ -32,12 +32,12 @@ def _snapshot(*dirs):
           for d in dirs for p in (ROOT / d).iterdir() if p.is_file()}
 
 
-def _run_quick(module: str, tmp_path: Path) -> None:
+def _run_quick(module: str, tmp_path: Path, *more: str) -> None:
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # 1 device, not conftest's 8
   env.update(JAX_PLATFORMS="cpu", TMPDIR=str(tmp_path),  # --quick writes under TMPDIR
              PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
   t0 = time.time()
-  proc = subprocess.run([sys.executable, "-m", module, "--quick"], cwd=ROOT, env=env,
+  proc = subprocess.run([sys.executable, "-m", module, "--quick", *more], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=TIMEOUT_S)
   print(f"{module} --quick: {time.time() - t0:.1f} s")
   assert proc.returncode == 0, (f"python -m {module} --quick exited {proc.returncode}\n"
@@ -75,7 +75,13 @@ def test_report_quick(name, tmp_path):
   written = list(tmp_path.rglob(f"{name}.json"))
   assert len(written) == 1, f"expected one {name}.json under the temp dir, got {written}"
   _check_record(written[0], name, f"reports.{name}")
-  assert (written[0].parent / f"{name}.md").is_file()
+  md = written[0].parent / f"{name}.md"
+  assert md.is_file()
+  if "add_from_json_flag" in (ROOT / "reports" / f"{name}.py").read_text():
+    # --from-json re-renders the same run's text from its JSON (the --quick banner aside)
+    quick_text = md.read_text()
+    _run_quick(f"reports.{name}", tmp_path, "--from-json", "--out-dir", str(md.parent))
+    assert md.read_text() and md.read_text().strip() in quick_text
   assert _snapshot("reports") == before, "--quick wrote into reports/"
 
 
