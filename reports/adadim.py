@@ -235,6 +235,7 @@ def write_plot(out, path):
     ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
+  plt.close(fig)  # rewritten after every run: an open figure per run piles up over hours
 
 
 def _outlier_rows(out):
