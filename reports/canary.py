@@ -87,10 +87,7 @@ def with_data(config, data: dict, *, steps: int, max_duration: float | None = No
 
 def padding(config, cfg: dict) -> dict:
   """Random vs 1D vs 2D vs lhotse padding on the training split's real durations and tokens."""
-  task = tasks.build(config)
-  corpus = task.corpus(config.data.train_split)
-  dur = np.asarray(corpus["num_samples"]) / 16_000
-  ntok = np.asarray([len(task.tokenizer.encode(t)) for t in corpus["text"]])
+  dur, ntok = tasks.build(config).train_lengths
   p = cfg["padding"]
   rows = [r for r in padding_bench.run(dur.size, p["max_duration"], 0,
                                        num_buckets=p["num_buckets"], corpus=(dur, ntok))
@@ -128,7 +125,7 @@ def train_throughput(config, sizes: list[int], steps: int) -> dict:
     if shape in seen:
       timed_s += time.perf_counter() - t0
       audio_s += task.throughput(batch)[0]
-      padded_s += batch["audio"].size / 16_000
+      padded_s += batch["audio"].size / task.model_cfg.sample_rate
       n_timed += 1
     seen.add(shape)
   return {"steps": steps, "timed_steps": n_timed, "timed_seconds": timed_s,
@@ -150,9 +147,7 @@ def batching(config, cfg: dict) -> dict:
                                 max_per_device=b["max_per_device"], min_batch=fixed_rows,
                                 granularity=b["granularity"], show_progress=False)
   fixed = [fixed_rows] * task.grid.num_buckets
-  corpus = task.corpus(config.data.train_split)
-  dur = np.asarray(corpus["num_samples"]) / 16_000
-  ntok = [len(task.tokenizer.encode(t)) for t in corpus["text"]]
+  dur, ntok = task.train_lengths
   out = {"budget_bytes": int(budget), "bucket_shapes": task.bucket_shapes()}
   for name, sizes in (("fixed", fixed), ("oomptimizer", fitted["bucket_batch_sizes"])):
     sampler = bucketing.BucketedBatches(dur, ntok, task.grid, batch_sizes=sizes, seed=0,

@@ -36,36 +36,33 @@ TONE_WORDS = "tone_words"  # data/tone_words.py: synthesized in memory (quick, C
 DATASETS = (TONE_WORDS, speech_synth.NAME)  # + the espeak-ng corpus (data/speech_synth.py)
 
 
-def word_errors(refs: list[str], hyps: list[str]) -> tuple[int, int]:
-  """``(S + D + I, reference words)`` over utterance pairs (jiwer's word alignment)."""
-  errors = words = 0
+def _edit_errors(refs, hyps, align, size) -> tuple[int, int]:
+  """``(S + D + I, reference units)`` over utterance pairs; ``align`` is jiwer's aligner,
+  ``size`` the reference's length in its units. Empty references (padding rows) are skipped;
+  an empty hypothesis, which jiwer rejects, deletes every reference unit."""
+  errors = total = 0
   for ref, hyp in zip(refs, hyps):
-    n = len(ref.split())
+    n = size(ref)
     if n == 0:
       continue
-    if not hyp.strip():  # jiwer rejects an empty hypothesis: every reference word is deleted
-      errors, words = errors + n, words + n
-      continue
-    out = jiwer.process_words(ref, hyp)
-    errors += out.substitutions + out.deletions + out.insertions
-    words += n
-  return errors, words
+    if hyp.strip():
+      out = align(ref, hyp)
+      errors += out.substitutions + out.deletions + out.insertions
+    else:
+      errors += n
+    total += n
+  return errors, total
+
+
+def word_errors(refs: list[str], hyps: list[str]) -> tuple[int, int]:
+  """``(S + D + I, reference words)`` over utterance pairs (jiwer's word alignment)."""
+  return _edit_errors(refs, hyps, jiwer.process_words, lambda r: len(r.split()))
 
 
 def char_errors(refs: list[str], hyps: list[str]) -> tuple[int, int]:
   """``(S + D + I, reference characters)`` over utterance pairs (jiwer's character alignment,
   spaces included): the CER that shows learning while most words still carry an error."""
-  errors = chars = 0
-  for ref, hyp in zip(refs, hyps):
-    if not ref:
-      continue
-    if not hyp:
-      errors, chars = errors + len(ref), chars + len(ref)
-      continue
-    out = jiwer.process_characters(ref, hyp)
-    errors += out.substitutions + out.deletions + out.insertions
-    chars += len(ref)
-  return errors, chars
+  return _edit_errors(refs, hyps, jiwer.process_characters, len)
 
 
 def transcripts(tokenizer, ids: np.ndarray, lengths=None, cfg=None) -> list[str]:
@@ -168,13 +165,19 @@ class Task:
             "num_samples": np.asarray(meta["num_samples"]), "text": list(meta["text"])}
 
   @functools.cached_property
-  def grid(self) -> bucketing.BucketGrid:
-    """Duration x token buckets estimated on the training split (tokens without BOS/EOS:
-    the model adds its own)."""
+  def train_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+    """``(seconds, tokens)`` of every training utterance (tokens without BOS/EOS: the model
+    adds its own): what the buckets are estimated on."""
     c = self.corpus(self.data.train_split)
-    dur = c["num_samples"] / speech.SAMPLE_RATE
-    ntok = [t.size for t in speech.tokenize_transcripts(c["text"], self.tokenizer,
-                                                        bos_eos=False)]
+    dur = np.asarray(c["num_samples"]) / speech.SAMPLE_RATE
+    ntok = np.asarray([t.size for t in speech.tokenize_transcripts(
+        c["text"], self.tokenizer, bos_eos=False)], dtype=np.int64)
+    return dur, ntok
+
+  @functools.cached_property
+  def grid(self) -> bucketing.BucketGrid:
+    """Duration x token buckets estimated on the training split (:attr:`train_lengths`)."""
+    dur, ntok = self.train_lengths
     if int(self.data.num_buckets) == 1 and int(self.data.num_subbuckets) == 1:
       return bucketing.BucketGrid((float(np.max(dur)),), (int(max(ntok)),))
     if int(self.data.num_subbuckets) > 1:
