@@ -170,6 +170,7 @@ def rl_config(size: str = "tiny") -> ml_collections.ConfigDict:
   r.rollout_devices = 0  # 0: half of the local devices (at least 1)
   r.train_devices = 0  # 0: the rest
   r.train_delay_steps = 0
+  r.prefill_cost = 0.0
   r.interruptible = True
   r.reward_workers = 0
   r.log_every = 1
@@ -335,8 +336,10 @@ KEY_DOCS = {
     "rl.rollout_devices": "local devices of the rollout mesh, the rest train (0: half)",
     "rl.train_devices": "local devices of the training mesh, after the rollout ones (0: the "
                         "rest)",
-    "rl.train_delay_steps": "simulated training time: decode steps between taking a batch and "
-                            "publishing its version",
+    "rl.train_delay_steps": "simulated training time: clock units (decode steps) between "
+                            "taking a batch and publishing its version",
+    "rl.prefill_cost": "simulated time of one prefill call (a new prompt, or an interruption's "
+                       "batched re-prefill), in clock units (decode steps)",
     "rl.interruptible": "update weights mid-generation (AReaL) instead of waiting for the "
                         "in-flight sequences to finish",
     "rl.reward_workers": "reward threads (0: inline, deterministic)",

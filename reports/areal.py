@@ -6,15 +6,20 @@
 
 Every run starts from the same SFT warm start (see the README: ``python -m rl.tasks.arith_sft``
 then ``python train/main.py --config configs/sft_arith.py``) and trains with
-``configs/rl_arith.py``'s deterministic one-process schedule (rl/trainer.py). Time is counted
-in *ticks*: one decode step of the rollout engine, and training a batch occupies
-``train_delay_steps`` ticks during which the rollout keeps generating (when eta allows). That
-simulated clock is what asynchrony saves; the CPU wall time is printed too, but both sides run
-in one process here, so it cannot show the overlap.
+``configs/rl_arith.py``'s deterministic one-process schedule (rl/trainer.py): 1-3 digit
+addition with a scratchpad, completions of about 10 to 46 tokens. Both sides run in one process
+here, so the CPU wall time cannot show their overlap; time is the schedule's *clock*, in units
+of one decode step of the rollout engine, with the other costs **measured first on this CPU**
+(a short eta=0 calibration run): a prefill call costs ``prefill_cost`` units and training a
+batch (prox log-probs and the k PPO minibatches) ``train_delay_steps`` units, during which the
+rollout keeps generating when eta allows. The clock is then what a two-device run with these
+kernels would take.
 
 * **eta sweep**: eta in {0, 1, 2, 4, 8}, decoupled loss, interruptible rollouts.
 * **loss**: decoupled (Eq. 5) vs naive PPO at the largest eta.
 * **interruption**: interruptible vs wait-for-drain weight updates at eta = 2.
+* **what if** training took a quarter of the measured time (eta = 0 and 4), the regime of
+  accelerators where decoding is memory-bound: a hypothesis on the same clock, not a measurement.
 """
 from __future__ import annotations
 
@@ -31,10 +36,12 @@ from configs import rl_arith
 from reports import common
 from rl import trainer
 
-SETTINGS = dict(versions=60, prompts_per_batch=8, samples_per_prompt=8, eval_problems=128,
-                eval_every=20, lr=3e-5, train_delay_steps=16, num_slots=64)
+SETTINGS = dict(versions=100, prompts_per_batch=8, samples_per_prompt=8, eval_every=20,
+                num_slots=64)
 QUICK = dict(versions=2, prompts_per_batch=2, samples_per_prompt=2, eval_problems=8,
-             eval_every=2, lr=3e-5, train_delay_steps=2, num_slots=4)
+             eval_every=2, num_slots=4)
+CALIBRATION_VERSIONS = (3, 10)  # measured between these versions (compilation happens before)
+QUICK_CALIBRATION_VERSIONS = (1, 2)
 ETAS = (0, 1, 2, 4, 8)
 
 
@@ -43,6 +50,11 @@ def runs(settings) -> dict[str, dict]:
   out = {f"eta={e}": dict(eta=e) for e in ETAS}
   out[f"naive eta={ETAS[-1]}"] = dict(eta=ETAS[-1], loss="naive")
   out["wait eta=2"] = dict(eta=2, interruptible=False)
+  # What if training were cheaper relative to decoding, as on accelerators where decoding is
+  # memory-bound? Same runs, a quarter of the measured training time (a hypothesis, not a
+  # measurement).
+  for e in (0, 4):
+    out[f"train/4 eta={e}"] = dict(eta=e, train_scale=0.25)
   return out
 
 
@@ -50,11 +62,31 @@ def config_for(settings, init_export, quick: bool, **rl):
   c = rl_arith.get_config()
   if quick:
     c.model.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64)
-    c.rl.update(train_problems=16, max_new_tokens=6, token_budget=64, micro_batches=2)
-  c.optim.lr = settings["lr"]
-  c.rl.update({k: v for k, v in settings.items() if k != "lr"})
+    c.rl.update(train_problems=16, max_new_tokens=6, token_budget=64, micro_batches=2,
+                eval_samples=1)
+  c.rl.update(settings)
   c.rl.update(init_export=init_export, checkpoint_every=10_000, export=False, **rl)
   return c
+
+
+def calibrate(settings, init_export, quick: bool, workdir: pathlib.Path) -> dict:
+  """Measured CPU costs -> the clock's ``prefill_cost`` and ``train_delay_steps``: a short
+  synchronous run (eta=0: each side runs alone), timed between two versions so that
+  compilation is left out. Per decode step, per prefill call, per trained version."""
+  first, last = QUICK_CALIBRATION_VERSIONS if quick else CALIBRATION_VERSIONS
+  c = config_for(settings, init_export, quick, eta=0, versions=last, eval_every=10_000)
+  trainer.run(c, workdir, say=lambda m: None)
+  rows = {m["version"]: m for m in map(json.loads, (workdir / trainer.METRICS).read_text()
+                                       .splitlines())}
+  a, b = rows[first], rows[last]
+  per = lambda key, count: (b[key] - a[key]) / max(b[count] - a[count], 1)
+  decode_s = per("decode_s", "decode_steps")
+  prefill_s = per("prefill_s", "prefill_calls")
+  train_s = (b["train_s"] - a["train_s"]) / (last - first)
+  return {"decode_ms": 1e3 * decode_s, "prefill_ms": 1e3 * prefill_s, "train_ms": 1e3 * train_s,
+          "prefill_cost": round(prefill_s / decode_s, 2),
+          "train_delay_steps": max(1, round(train_s / decode_s)),
+          "versions": [first, last]}
 
 
 def run_one(config, workdir: pathlib.Path) -> dict:
@@ -63,12 +95,16 @@ def run_one(config, workdir: pathlib.Path) -> dict:
   metrics = [json.loads(line) for line in (workdir / trainer.METRICS).read_text().splitlines()]
   batch = config.rl.prompts_per_batch * config.rl.samples_per_prompt
   rows = [{"version": m["version"], "samples": m["version"] * batch, "ticks": m["ticks"],
+           "clock": m["clock"], "prefill_calls": m["prefill_calls"],
            "wall_s": m["wall_s"], "reward": m["reward"], "kl_behav_prox": m["kl_behav_prox"],
            "staleness": m["staleness"],
            **{k: m[k] for k in ("eval_accuracy", "eval_sampled_accuracy") if k in m}}
           for m in metrics[1:]]
+  finals = [m for m in metrics if "eval_per_problem" in m]
   return {"initial_accuracy": metrics[0]["eval_accuracy"],
           "initial_sampled_accuracy": metrics[0].get("eval_sampled_accuracy", float("nan")),
+          "initial_per_problem": metrics[0]["eval_per_problem"],
+          "final_per_problem": finals[-1]["eval_per_problem"],
           "rows": rows,
           "seconds": time.perf_counter() - start}
 
@@ -84,86 +120,149 @@ def summarize(r: dict) -> dict:
   return {"final_accuracy": rows[-1].get("eval_accuracy", float("nan")),
           "final_sampled_accuracy": rows[-1].get("eval_sampled_accuracy", float("nan")),
           "reward_last_quarter": float(np.mean([x["reward"] for x in last])),
-          "ticks": rows[-1]["ticks"], "samples_per_tick": rows[-1]["samples"] / rows[-1]["ticks"],
+          "clock": rows[-1]["clock"], "samples_per_kclock": 1e3 * rows[-1]["samples"]
+          / rows[-1]["clock"],
           "mean_staleness": sum(k * v for k, v in stale.items()) / max(n, 1),
           "max_staleness": max(stale) if stale else 0,
           "mean_kl_behav_prox": float(np.mean([x["kl_behav_prox"] for x in rows])),
           "wall_s": r["seconds"]}
 
 
+def time_to_reach(r: dict, key: str, target: float) -> float | None:
+  """Clock of the first evaluation at which ``key`` >= ``target`` (None: never)."""
+  for row in r["rows"]:
+    if key in row and row[key] >= target:
+      return row["clock"]
+  return None
+
+
 def write_report(results: dict, config: dict, out: pathlib.Path) -> None:
   plt = common.pyplot()
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  fig, axes = plt.subplots(1, 4, figsize=(19, 4))
   for name, r in results.items():
     rows = r["rows"]
     window = max(1, len(rows) // 10)
     smooth = np.convolve([x["reward"] for x in rows], np.ones(window) / window, mode="valid")
-    for ax, key in zip(axes, ("ticks", "samples", "wall_s")):
+    for ax, key in zip(axes, ("clock", "samples", "wall_s")):
       ax.plot([x[key] for x in rows][window - 1:], smooth, label=name, lw=1)
-  for ax, key in zip(axes, ("simulated time (ticks)", "samples trained on", "CPU wall s")):
+    evals = [(0.0, r["initial_sampled_accuracy"])] + [
+        (x["clock"], x["eval_sampled_accuracy"]) for x in rows if "eval_sampled_accuracy" in x]
+    axes[3].plot(*zip(*evals), marker=".", label=name, lw=1)
+  for ax, key in zip(axes, ("clock (decode steps, calibrated)", "samples trained on",
+                            "CPU wall s (one process)", "clock (decode steps, calibrated)")):
     ax.set_xlabel(key)
     ax.set_ylabel("batch reward (moving average)")
+  axes[3].set_ylabel("held-out accuracy, sampled")
   axes[0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(out / "areal.png", dpi=110)
+  plt.close(fig)
   cmd = "python -m reports.areal" + (f" --init-export {config['init_export']}"
                                      if config["init_export"] else "")
+  cal = config["calibration"]
   lines = ["# AReaL: asynchronous RL on arithmetic (CPU)", "",
            f"Generated by `{cmd}` on {datetime.date.today().isoformat()} "
            f"({jax.default_backend()}, jax {jax.__version__}); raw numbers in `areal.json`, "
            "curves in `areal.png`.", "", __doc__.split("\n\n", 2)[2].strip(), "",
-           "Settings: " + ", ".join(f"{k}={v}" for k, v in config["settings"].items()), "",
-           "| run | held-out acc, greedy | held-out acc, sampled | reward, last quarter | ticks "
-           "| speed-up vs eta=0 | samples/tick | staleness mean / max | KL(behav‖prox) | wall s |",
+           "Settings: " + ", ".join(f"{k}={v}" for k, v in config["settings"].items())
+           + f"; the rest as `configs/rl_arith.py` ({config['held_out']} held-out problems).",
+           "",
+           f"Calibration (eta=0, versions {cal['versions'][0]} to {cal['versions'][1]}): "
+           f"{cal['decode_ms']:.2f} ms per decode step of {config['settings']['num_slots']} "
+           f"slots, {cal['prefill_ms']:.2f} ms per prefill call, {cal['train_ms']:.0f} ms per "
+           f"trained version, so **prefill_cost = {cal['prefill_cost']}** and "
+           f"**train_delay_steps = {cal['train_delay_steps']}** clock units.", "",
+           "| run | held-out acc, greedy | held-out acc, sampled | reward, last quarter | clock "
+           "| speed-up vs eta=0 | samples per 1k clock | staleness mean / max | KL(behav‖prox) "
+           "| wall s |",
            "|---|---|---|---|---|---|---|---|---|---|"]
-  base = summarize(results["eta=0"])["ticks"] if "eta=0" in results else float("nan")
+  base = summarize(results["eta=0"])["clock"] if "eta=0" in results else float("nan")
   for name, r in results.items():
     s = summarize(r)
     lines.append(f"| {name} | {r['initial_accuracy']:.3f} -> {s['final_accuracy']:.3f} | "
                  f"{r['initial_sampled_accuracy']:.3f} -> {s['final_sampled_accuracy']:.3f} | "
-                 f"{s['reward_last_quarter']:.3f} | {s['ticks']} | {base / s['ticks']:.2f}x | "
-                 f"{s['samples_per_tick']:.2f} | "
+                 f"{s['reward_last_quarter']:.3f} | {s['clock']:.0f} | "
+                 f"{base / s['clock']:.2f}x | {s['samples_per_kclock']:.1f} | "
                  f"{s['mean_staleness']:.2f} / {s['max_staleness']} | "
                  f"{s['mean_kl_behav_prox']:.2e} | {s['wall_s']:.0f} |")
   lines += claims(results, config)
   (out / "areal.md").write_text("\n".join(lines) + "\n")
 
 
+def _paired_z(before, after) -> float:
+  """Mean per-problem change over its standard error (nan if nothing changed)."""
+  d = np.asarray(after, float) - np.asarray(before, float)
+  return float(d.mean() / (d.std(ddof=1) / len(d) ** 0.5)) if d.std() > 0 else float("nan")
+
+
 def claims(results: dict, config: dict) -> list[str]:
   """The paper's targets next to this run, computed from the results (said plainly)."""
   if "eta=0" not in results:
     return []
-  sync = summarize(results["eta=0"])
-  n_eval = int(config["settings"].get("eval_problems", 0))
-  se = (0.25 / n_eval) ** 0.5 if n_eval else float("nan")
+  sync_r = results["eta=0"]
+  sync = summarize(sync_r)
   out = ["", "## The paper's targets next to this run", ""]
-  asyn = {k: summarize(r) for k, r in results.items() if k.startswith("eta=") and k != "eta=0"
-          and int(k.split("=")[1]) >= 2}
-  if asyn:
-    best = min(asyn.items(), key=lambda kv: kv[1]["ticks"])
-    ratio = best[1]["ticks"] / sync["ticks"]
-    reached = best[1]["final_accuracy"] >= sync["final_accuracy"]
-    out.append(f"- Async (eta >= 2) vs synchronous time for the same number of versions: "
-               f"{best[0]} took {ratio:.2f}x the ticks of eta=0 (target <= 0.6x: "
-               f"{'met' if ratio <= 0.6 else 'NOT met'}); its final held-out greedy accuracy "
-               f"{best[1]['final_accuracy']:.3f} vs eta=0's {sync['final_accuracy']:.3f} "
-               f"({'reached' if reached else 'not reached'}). AReaL's 2.57x needs long-tail "
-               "generations much longer than a train step; here a generation is at most "
-               "max_new_tokens ticks against train_delay_steps per update.")
+  # Held-out accuracy before and after on the same problems: a paired comparison, the change
+  # per problem over its standard error across problems.
+  for key, label in (("eval_sampled_accuracy", "sampled"), ("eval_accuracy", "greedy")):
+    before = np.array(sync_r["initial_per_problem"][key])
+    after = np.array(sync_r["final_per_problem"][key])
+    d, z = after - before, _paired_z(before, after)
+    out.append(f"- RL on held-out problems (eta=0, {label}): {before.mean():.3f} -> "
+               f"{after.mean():.3f} on {len(d)} problems ({int((d > 0).sum())} better, "
+               f"{int((d < 0).sum())} worse), paired change {z:+.1f} standard errors: "
+               + ("**RL raises held-out accuracy**." if z >= 2 else
+                  "**not** a significant change (< 2 SE)."))
+  asyn = {k: r for k, r in results.items() if k.startswith("eta=") and int(k.split("=")[1]) >= 2}
+  for key, label in (("eval_sampled_accuracy", "sampled"), ("eval_accuracy", "greedy")):
+    target = sync_r["rows"][-1].get(key)
+    if target is None or not asyn:
+      continue
+    reach = {k: time_to_reach(r, key, target) for k, r in asyn.items()}
+    parts = [f"{k} {t / sync['clock']:.2f}x" if t is not None else f"{k} never"
+             for k, t in reach.items()]
+    best = min((t for t in reach.values() if t is not None), default=None)
+    verdict = ("not reached by any" if best is None else
+               f"best {best / sync['clock']:.2f}x: target <= 0.6x "
+               + ("**met**" if best / sync["clock"] <= 0.6 else "**NOT met**"))
+    out.append(f"- Time for async (eta >= 2) to reach the synchronous run's final {label} "
+               f"held-out accuracy ({target:.3f}), as a fraction of the synchronous run's clock "
+               f"(evaluated every {config['settings']['eval_every']} versions): "
+               + ", ".join(parts) + f"; {verdict}.")
   largest = max((int(k.split("=")[1]) for k in results if k.startswith("eta=")), default=None)
   naive = results.get(f"naive eta={largest}")
   if naive is not None and f"eta={largest}" in results:
     dec, nai = summarize(results[f"eta={largest}"]), summarize(naive)
-    out.append(f"- Decoupled vs naive PPO at eta={largest}: held-out greedy accuracy "
-               f"{dec['final_accuracy']:.3f} vs {nai['final_accuracy']:.3f}, last-quarter "
-               f"reward {dec['reward_last_quarter']:.3f} vs {nai['reward_last_quarter']:.3f}. "
-               "Naive PPO did not collapse here, so the paper's ablation (23.3 vs 42.2 AIME24 "
-               f"at eta=4) does **not reproduce** at this size: KL(behav‖prox) stays at "
-               f"{dec['mean_kl_behav_prox']:.1e}, so the pi_prox/pi_behav weights are ~1.")
-  if n_eval:
-    out.append(f"- Held-out accuracy is measured on at most {n_eval} problems (those not among "
-               f"the training problems; standard error at least {se:.3f} at p = 0.5): the changes in the table are within about two standard "
-               "errors, so this run does not show RL raising held-out accuracy.")
+    z = _paired_z(results[f"eta={largest}"]["final_per_problem"]["eval_sampled_accuracy"],
+                  naive["final_per_problem"]["eval_sampled_accuracy"])
+    collapsed = z <= -2
+    out.append(f"- Decoupled vs naive PPO at eta={largest}: held-out sampled accuracy "
+               f"{dec['final_sampled_accuracy']:.3f} vs {nai['final_sampled_accuracy']:.3f}, "
+               f"greedy {dec['final_accuracy']:.3f} vs {nai['final_accuracy']:.3f}, last-quarter "
+               f"reward {dec['reward_last_quarter']:.3f} vs {nai['reward_last_quarter']:.3f} "
+               f"(paired change of naive vs decoupled, sampled: {z:+.1f} SE). "
+               + ("Naive PPO degrades where the decoupled loss does not."
+                  if collapsed else
+                  "Naive PPO did not collapse here, so the paper's ablation (23.3 vs 42.2 AIME24 "
+                  "at eta=4) does **not reproduce** at this size: KL(behav‖prox) stays at "
+                  f"{dec['mean_kl_behav_prox']:.1e}, so the pi_prox/pi_behav weights stay "
+                  "close to 1."))
+  cheap0, cheap4 = results.get("train/4 eta=0"), results.get("train/4 eta=4")
+  if cheap0 is not None and cheap4 is not None:
+    c0, c4 = summarize(cheap0), summarize(cheap4)
+    out.append(f"- What if training took a quarter of the measured time (hypothesis): eta=4 "
+               f"takes {c4['clock'] / c0['clock']:.2f}x the clock of eta=0 for the same "
+               f"versions (held-out sampled accuracy {c4['final_sampled_accuracy']:.3f} vs "
+               f"{c0['final_sampled_accuracy']:.3f}). Asynchrony hides the shorter of "
+               "generation and training behind the longer, so it gains most when they are "
+               "close; on this CPU, training a batch costs more than generating it.")
+  wait, inter = results.get("wait eta=2"), results.get("eta=2")
+  if wait is not None and inter is not None:
+    w, i = summarize(wait), summarize(inter)
+    out.append(f"- Interruptible vs wait-for-completion weight updates at eta=2: clock "
+               f"{i['clock']:.0f} vs {w['clock']:.0f} ({w['clock'] / i['clock']:.2f}x longer "
+               "when waiting), held-out sampled accuracy "
+               f"{i['final_sampled_accuracy']:.3f} vs {w['final_sampled_accuracy']:.3f}.")
   return out
 
 
@@ -188,18 +287,25 @@ def main(argv=None):
   names = runs(settings)
   if args.only:
     names = {k: v for k, v in names.items() if k in args.only.split(",")}
-  config = {"settings": settings, "init_export": args.init_export, "quick": args.quick,
-            "runs": names}
   results = {}
   with tempfile.TemporaryDirectory() as tmp:
+    cal = calibrate(settings, args.init_export, args.quick, pathlib.Path(tmp) / "calibration")
+    print(f"calibration: {cal}", flush=True)
+    costs = {k: cal[k] for k in ("prefill_cost", "train_delay_steps")}
+    config = {"settings": settings, "init_export": args.init_export, "quick": args.quick,
+              "runs": names, "calibration": cal,
+              "held_out": len(trainer.load_problems(config_for(settings, None, args.quick).rl)[1])}
     for i, (name, rl) in enumerate(names.items()):
-      c = config_for(settings, args.init_export, args.quick, **rl)
+      rl = dict(rl)
+      delay = max(1, round(costs["train_delay_steps"] * rl.pop("train_scale", 1.0)))
+      c = config_for(settings, args.init_export, args.quick,
+                     **{**costs, "train_delay_steps": delay}, **rl)
       results[name] = run_one(c, pathlib.Path(tmp) / str(i))
       s = summarize(results[name])
       print(f"{name}: acc {results[name]['initial_accuracy']:.3f} -> {s['final_accuracy']:.3f}, "
             f"sampled {results[name]['initial_sampled_accuracy']:.3f} -> "
             f"{s['final_sampled_accuracy']:.3f}, "
-            f"{s['ticks']} ticks, staleness {s['mean_staleness']:.2f}, "
+            f"clock {s['clock']:.0f}, staleness {s['mean_staleness']:.2f}, "
             f"{s['wall_s']:.0f} s", flush=True)
       common.write_json(out / "areal.json", name="areal", config=config, results=results)
   write_report(results, config, out)

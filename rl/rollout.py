@@ -6,7 +6,8 @@ versions, and ``update_weights`` that interrupts generation and recomputes the K
 D]`` (``cache_len = bucket(max_prompt_len + max_new_tokens)``). One jitted :func:`_decode_step`
 samples a token for every slot and runs the model on it; a sequence that stops (stop token or
 ``max_new_tokens``) is returned at once and its slot is free for the next prompt, which is
-prefilled into that row (:func:`infer.decode._prefill` on a batch-1 row, then written back). A
+prefilled into that row (:func:`infer.decode._prefill` on a batch-1 row, then written back).
+``stats["prefill_calls"]`` counts the prefill calls (a cost of their own in a simulated clock). A
 reused row needs no clearing: attention reads cache slots ``<= position`` only, and the new
 prompt overwrites those first.
 
@@ -160,8 +161,8 @@ class RolloutEngine:
                              device=self.sharding)
     self._slots: list[Trajectory | None] = [None] * self.num_slots
     self._prompt_kv: dict[tuple, tuple] = {}  # (prompt, version) -> (logits, row cache)
-    self.stats = {"decode_steps": 0, "prefill_tokens": 0, "generated_tokens": 0,
-                  "interruptions": 0, "shared_prefills": 0}
+    self.stats = {"decode_steps": 0, "prefill_calls": 0, "prefill_tokens": 0,
+                  "generated_tokens": 0, "interruptions": 0, "shared_prefills": 0}
 
   # -- slots -------------------------------------------------------------------------------------
 
@@ -184,6 +185,7 @@ class RolloutEngine:
     positions = np.arange(length, dtype=np.int32)[None]
     logits, row = decode._prefill(self.graphdef, self.params, padded, positions,  # pylint: disable=protected-access
                                   self._row_template, np.array([len(tokens) - 1], np.int32))
+    self.stats["prefill_calls"] += 1
     self.stats["prefill_tokens"] += len(tokens)
     return logits, row
 
@@ -256,20 +258,49 @@ class RolloutEngine:
 
   def update_weights(self, params, version: int) -> None:
     """Loads ``params`` as ``version`` and interrupts every running trajectory: its KV is
-    recomputed with the new weights from prompt + partial output; decoding then goes on."""
+    recomputed with the new weights from prompt + partial output, all slots in one prefill
+    call; decoding then goes on."""
     if int(version) < self.version:
       raise ValueError(f"update_weights(version={version}) would go back from version "
                        f"{self.version}; versions only increase.")
     self.params = jax.device_put(params, self.sharding)
     self.version = int(version)
     self._prompt_kv.clear()
-    for slot, t in enumerate(self._slots):
-      if t is None:
-        continue
-      logits, row = self._prefill(t.prompt + t.tokens)
-      self._cache, self._logits = _write_row(self._cache, self._logits, row, logits, slot)
-      t.interruptions += 1
+    for slot in self._reprefill():
+      self._slots[slot].interruptions += 1
       self.stats["interruptions"] += 1
+
+  def restore(self, in_flight: Sequence[tuple[Trajectory, int]]) -> None:
+    """Puts checkpointed ``(trajectory, slot)`` pairs back in their slots and recomputes their
+    KV in one call, as :meth:`update_weights` did when they were saved (bit-identical)."""
+    for traj, slot in in_flight:
+      if self._slots[slot] is not None:
+        raise RuntimeError(f"slot {slot} is busy with trajectory {self._slots[slot].uid}.")
+      self._slots[slot] = traj
+    self._reprefill()
+
+  def _reprefill(self) -> list[int]:
+    """Recomputes the KV and next logits of every running slot (prompt + tokens so far) with
+    the current params, all slots in one prefill call; returns those slots."""
+    running = {slot: t.prompt + t.tokens for slot, t in enumerate(self._slots) if t is not None}
+    if not running:
+      return []
+    # Every row is recomputed; free rows get a 1-token dummy (a reused row is written whole by
+    # add()). Positions past a row's length hold padding KV that decoding overwrites before
+    # attention can reach it (it reads positions <= the current one only).
+    length = decode.bucket(max(map(len, running.values())))
+    tokens = np.zeros((self.num_slots, length), np.int32)
+    last = np.zeros(self.num_slots, np.int32)
+    for slot, seq in running.items():
+      tokens[slot, :len(seq)] = seq
+      last[slot] = len(seq) - 1
+    positions = np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape)
+    logits, self._cache = decode._prefill(self.graphdef, self.params, tokens, positions,  # pylint: disable=protected-access
+                                          self._cache, last)
+    self._logits = logits.astype(self._logits.dtype)
+    self.stats["prefill_calls"] += 1
+    self.stats["prefill_tokens"] += sum(map(len, running.values()))
+    return list(running)
 
   def generate(self, requests: Sequence[tuple[int, Sequence[int]]]) -> list[Trajectory]:
     """Runs ``(uid, prompt)`` requests to completion with continuous batching (a freed slot

@@ -12,13 +12,21 @@ rollout's with ``jax.device_put`` (:meth:`rl.rollout.RolloutEngine.update_weight
    prompt starts (not while a non-interruptible engine waits to load new weights);
 2. *decode*: one token for every running sequence; finished ones go to the reward service;
 3. *train*: when the controller has a full batch (oldest first) the learner takes it; after
-   ``rl.train_delay_steps`` more ticks (the simulated training time, during which the rollout
-   keeps decoding) it runs the k PPO steps and publishes version ``i + 1``: the controller
+   ``rl.train_delay_steps`` more clock units (the simulated training time, during which the
+   rollout keeps decoding) it runs the k PPO steps and publishes version ``i + 1``: the controller
    opens the gate, the engine interrupts its in-flight sequences and re-prefills them with
    the new weights (or, with ``rl.interruptible=False``, loads them once its sequences have
    finished: AReaL's "wait" baseline);
 4. every ``rl.checkpoint_every`` versions: an Orbax checkpoint (params, optimizer state, and as
    JSON the controller, the in-flight trajectories with their slots, the batch in training).
+
+**The clock** counts what the rollout device spends: 1 unit per tick (a decode step, or a tick
+waiting for training) plus ``rl.prefill_cost`` units per prefill call (a new prompt, or the one
+batched re-prefill of an interruption), charged on the next tick. Training runs beside it on
+its own devices and takes ``train_delay_steps`` units. With ``prefill_cost = 0`` the clock is
+the tick count. ``reports/areal.py`` sets both costs from measured CPU times (the metrics hold
+the measured ``decode_s``, ``prefill_s`` and ``train_s``), so the clock is the time a two-device
+run with these kernels would take, without the one-process overlap the CPU cannot show.
 
 With ``eta = 0`` the gate admits a batch only after the previous one was trained on, no
 sequence is ever in flight at a weight update, and the run equals :func:`run_synchronous`
@@ -128,6 +136,9 @@ def check_config(config, num_problems: int) -> None:
                      f"{num_problems} training problems: lower it or add problems.")
   if r.train_delay_steps < 0:
     raise ValueError(f"rl.train_delay_steps={r.train_delay_steps} must be >= 0.")
+  if not r.prefill_cost >= 0:
+    raise ValueError(f"rl.prefill_cost={r.prefill_cost} must be >= 0 (clock units per prefill "
+                     "call; 0: prefills are free).")
 
 
 class Run:
@@ -179,10 +190,11 @@ class Run:
   def evaluate(self) -> dict:
     """Exact-match accuracy of the learner's params on the held-out problems: greedy
     (``eval_accuracy``) and at the rollout temperature, averaged over ``rl.eval_samples``
-    samples per problem (``eval_sampled_accuracy``; 0 samples: not measured)."""
+    samples per problem (``eval_sampled_accuracy``; 0 samples: not measured). Per problem,
+    in held-out order, under ``eval_per_problem`` (for paired before/after comparisons)."""
     if not self.held_out:
       return {}
-    out = {}
+    out, per_problem = {}, {}
     k = int(self.r.eval_samples)
     for name, engine, n in (("eval_accuracy", self.eval_engine, 1),
                             ("eval_sampled_accuracy", self.sampled_eval_engine, k)):
@@ -191,9 +203,11 @@ class Run:
       engine.update_weights(self.learner.params, engine.version + 1)
       problems = [p for p in self.held_out for _ in range(n)]
       trajs = engine.generate([(i, prompt_tokens(self.tok, p)) for i, p in enumerate(problems)])
-      out[name] = float(np.mean([arith.reward(p, completion_text(self.tok, t))
-                                 for p, t in zip(problems, trajs)]))
-    return out
+      correct = np.array([arith.reward(p, completion_text(self.tok, t))
+                          for p, t in zip(problems, trajs)]).reshape(len(self.held_out), n)
+      out[name] = float(correct.mean())
+      per_problem[name] = correct.mean(axis=1).round(4).tolist()
+    return {**out, "eval_per_problem": per_problem}
 
   def train_on(self, batch, version: int) -> dict:
     """PPO on ``batch`` at trainer version ``version``; the metrics of the new version."""
@@ -290,6 +304,8 @@ def run(config, workdir, *, say: Callable[[str], None] = print, overwrite: bool 
                                  async_save=False)
   engine, ctl, learner = run_.engine, run_.controller, run_.learner
   version, ticks, training, pending, elapsed = 0, 0, None, None, 0.0
+  clock, prefills_charged = 0.0, 0
+  timers = {"decode_s": 0.0, "prefill_s": 0.0, "train_s": 0.0}  # measured, this process
   tickets: dict[int, controller_lib.Ticket] = {}
   step = ckpt.latest_step()
   if step is not None:
@@ -297,12 +313,15 @@ def run(config, workdir, *, say: Callable[[str], None] = print, overwrite: bool 
                                                 "opt_state": learner.opt_state}))
     learner.params, learner.opt_state = state["params"], state["opt_state"]
     version, ticks, elapsed = data["version"], data["ticks"], data["wall_s"]
+    # (checkpoints written before the clock existed: the clock was the tick count)
+    clock = data.get("clock", float(ticks))
+    prefills_charged = data.get("prefills_charged", data["engine_stats"].get("prefill_calls", 0))
+    timers.update(data.get("timers", {}))
     engine.update_weights(learner.params, version)
-    engine.stats.update(data["engine_stats"])
     tickets = ctl.load_state_dict(data["controller"], rollout.Trajectory.from_dict)
-    for traj, slot in data["in_flight"]:
-      traj = rollout.Trajectory.from_dict(traj)
-      engine.add(traj.uid, traj.prompt, partial=traj, slot=slot)
+    engine.restore([(rollout.Trajectory.from_dict(traj), slot)
+                    for traj, slot in data["in_flight"]])
+    engine.stats.update(data["engine_stats"])
     if data["training"] is not None:
       training = [data["training"]["countdown"],
                   [_sample_from_json(run_, s) for s in data["training"]["batch"]]]
@@ -321,6 +340,7 @@ def run(config, workdir, *, say: Callable[[str], None] = print, overwrite: bool 
     ctl.wait_rewards()
     slots = engine.slot_of()
     data = {"version": version, "ticks": ticks, "wall_s": elapsed + time.perf_counter() - t0,
+            "clock": clock, "prefills_charged": prefills_charged, "timers": timers,
             "engine_stats": engine.stats,
             "controller": ctl.state_dict(rollout.Trajectory.to_dict),
             "in_flight": [[t.to_dict(), slots[t.uid]] for t in engine.in_flight()],
@@ -333,14 +353,22 @@ def run(config, workdir, *, say: Callable[[str], None] = print, overwrite: bool 
   checkpoint_due = False
   while version < r.versions:
     ticks += 1
+    t = time.perf_counter()
     while pending is None and engine.free_slots():  # 1. admit
       ticket = ctl.submit()
       if ticket is None:
         break
       tickets[ticket.uid] = ticket
       engine.add(ticket.uid, prompt_tokens(run_.tok, ticket.prompt))
+    now = time.perf_counter()
+    timers["prefill_s"] += now - t
+    t = now
     for traj in engine.step():  # 2. decode
       ctl.finish(tickets.pop(traj.uid), traj)
+    timers["decode_s"] += time.perf_counter() - t
+    tick_cost = 1.0 + r.prefill_cost * (engine.stats["prefill_calls"] - prefills_charged)
+    prefills_charged = engine.stats["prefill_calls"]
+    clock += tick_cost
     if training is None:  # 3. train
       idle = not engine.in_flight() and pending is None
       batch = ctl.next_batch(timeout=None if idle and r.reward_workers else 0)
@@ -351,19 +379,24 @@ def run(config, workdir, *, say: Callable[[str], None] = print, overwrite: bool 
                            f"(controller stats {ctl.stats}).")
     if training is not None:
       if training[0] > 0:
-        training[0] -= 1
+        training[0] -= tick_cost
       else:
+        t = time.perf_counter()
         m = run_.train_on(training[1], version)
+        timers["train_s"] += time.perf_counter() - t
         training, version = None, version + 1
         ctl.publish(version)
+        t = time.perf_counter()
         if r.interruptible:
           engine.update_weights(learner.params, version)
         else:
           pending = version
+        timers["prefill_s"] += time.perf_counter() - t
         if version % r.eval_every == 0 or version == r.versions:
           m.update(run_.evaluate())
-        m.update(ticks=ticks, decode_steps=engine.stats["decode_steps"],
-                 interruptions=engine.stats["interruptions"],
+        m.update(ticks=ticks, clock=clock, decode_steps=engine.stats["decode_steps"],
+                 prefill_calls=engine.stats["prefill_calls"],
+                 interruptions=engine.stats["interruptions"], **timers,
                  wall_s=elapsed + time.perf_counter() - t0)
         with metrics_path.open("a") as f:
           f.write(json.dumps(m) + "\n")
@@ -372,7 +405,9 @@ def run(config, workdir, *, say: Callable[[str], None] = print, overwrite: bool 
           say(format_line(m, int(r.versions)))
         checkpoint_due = version % r.checkpoint_every == 0 or version == r.versions
     if pending is not None and not engine.in_flight():  # the non-interruptible engine's turn
+      t = time.perf_counter()
       engine.update_weights(learner.params, pending)
+      timers["prefill_s"] += time.perf_counter() - t
       pending = None
     if checkpoint_due and pending is None:
       save()

@@ -2,13 +2,14 @@
 dataset that ``train/main.py`` trains on like any other text dataset (task ``lm``).
 
 Each example is one problem and its reference completion, exactly as RL will see them: the
-prompt ``"57+68="`` followed by ``"#### 125"`` (or the scratchpad, then ``"#### 125"``); the LM
-pipeline adds BOS/EOS, so the model learns to stop where the RL rollout stops. Problems that
-RL holds out for evaluation (``arith.generate(eval_problems, seed=eval_seed)`` with the same
-digits and operators: the defaults of ``configs.common.rl_config``) are never written, so
-held-out accuracy after SFT and after RL measures generalisation.
+prompt ``"57+68="`` followed by the scratchpad and ``"#### 125"`` (``--no-scratchpad``: the
+answer alone); the LM pipeline adds BOS/EOS, so the model learns to stop where the RL rollout
+stops. Problems that RL holds out for evaluation (``arith.generate(eval_problems,
+seed=eval_seed)`` with the same digits and operators) are never written, so held-out accuracy
+after SFT and after RL measures generalisation. Digits, operators and the held-out set default
+to ``configs/rl_arith.py``'s (:data:`DEFAULTS`), so the two agree unless both are changed.
 
-  python -m rl.tasks.arith_sft --data_dir workdirs/arith_data --train 20000
+  python -m rl.tasks.arith_sft --data_dir workdirs/arith_data
   python train/main.py --config configs/sft_arith.py --workdir workdirs/sft_arith \\
       --config.data.data_dir=workdirs/arith_data
 
@@ -24,10 +25,21 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 from etils import epath
 
+from configs import rl_arith
 from rl.tasks import arith
 
 NAME = "arith_sft"
 VALIDATION_SEED_OFFSET = 7919
+
+
+def _rl_defaults() -> dict:
+  r = rl_arith.get_config().rl
+  return dict(ops=str(r.ops), min_digits=int(r.min_digits), max_digits=int(r.max_digits),
+              eval_problems=int(r.eval_problems), eval_seed=int(r.eval_seed), scratchpad=True)
+
+
+# The task and held-out set of configs/rl_arith.py, and the scratchpad its rollouts expect.
+DEFAULTS = _rl_defaults()
 
 
 class ArithSft(tfds.core.GeneratorBasedBuilder):
@@ -36,14 +48,12 @@ class ArithSft(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Problems and completions of rl/tasks/arith.py."}
 
-  def __init__(self, *, train: int = 20000, validation: int = 500, seed: int = 0,
-               ops: str = "+", min_digits: int = 1, max_digits: int = 2,
-               scratchpad: bool = False, eval_problems: int = 128, eval_seed: int = 1,
-               **kwargs):
-    self.options = dict(train=train, validation=validation, seed=seed, ops=ops,
-                        min_digits=min_digits, max_digits=max_digits, scratchpad=scratchpad,
-                        eval_problems=eval_problems, eval_seed=eval_seed)
-    super().__init__(file_format="array_record", **kwargs)
+  def __init__(self, *, train: int = 20000, validation: int = 500, seed: int = 0, **options):
+    """``options``: ops, min_digits, max_digits, scratchpad, eval_problems, eval_seed
+    (default :data:`DEFAULTS`), and TFDS builder arguments."""
+    task = {k: options.pop(k, v) for k, v in DEFAULTS.items()}
+    self.options = dict(train=train, validation=validation, seed=seed, **task)
+    super().__init__(file_format="array_record", **options)
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -95,13 +105,15 @@ def main(argv=None) -> int:
   ap.add_argument("--train", type=int, default=20000)
   ap.add_argument("--validation", type=int, default=500)
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--ops", default="+", help="+ | * | +*")
-  ap.add_argument("--min_digits", type=int, default=1)
-  ap.add_argument("--max_digits", type=int, default=2)
-  ap.add_argument("--scratchpad", action="store_true")
-  ap.add_argument("--eval_problems", type=int, default=128,
+  d = DEFAULTS
+  ap.add_argument("--ops", default=d["ops"], help="+ | * | +*")
+  ap.add_argument("--min_digits", type=int, default=d["min_digits"])
+  ap.add_argument("--max_digits", type=int, default=d["max_digits"])
+  ap.add_argument("--scratchpad", action=argparse.BooleanOptionalAction, default=True,
+                  help="write the worked steps before '#### answer'")
+  ap.add_argument("--eval_problems", type=int, default=d["eval_problems"],
                   help="RL's held-out problems (rl.eval_problems), never written")
-  ap.add_argument("--eval_seed", type=int, default=1, help="rl.eval_seed")
+  ap.add_argument("--eval_seed", type=int, default=d["eval_seed"], help="rl.eval_seed")
   ap.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
   a = ap.parse_args(argv)
   opts = {k: v for k, v in vars(a).items() if k not in ("data_dir", "overwrite")}

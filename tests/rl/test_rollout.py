@@ -55,15 +55,19 @@ def test_behaviour_logprobs_equal_a_full_forward(models):
 
 def test_interrupted_sequences_continue_with_the_new_weights(models):
   graphdef, params_a, params_b = models
-  engine = _engine(graphdef, params_a, num_slots=3, temperature=0.0)
-  for uid in range(3):
+  engine = _engine(graphdef, params_a, num_slots=4, temperature=0.0)
+  for uid in range(3):  # slot 3 stays free through the update
     engine.add(uid, PROMPTS[uid])
   for _ in range(4):
     assert engine.step() == []
+  calls = engine.stats["prefill_calls"]
   engine.update_weights(params_b, 1)
+  assert engine.stats["prefill_calls"] == calls + 1  # all slots re-prefilled in one call
+  engine.add(3, PROMPTS[3])  # a new prompt in the slot that was free
   trajs = {}
   while engine.in_flight():
     trajs.update({t.uid: t for t in engine.step()})
+  assert trajs[3].tokens == _greedy_reference(graphdef, params_b, [PROMPTS[3]], MAX_NEW)[0]
   for uid in range(3):
     t = trajs[uid]
     assert t.versions == [0] * 4 + [1] * (MAX_NEW - 4) and t.interruptions == 1

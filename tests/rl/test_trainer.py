@@ -32,6 +32,22 @@ def test_eta0_async_equals_the_synchronous_loop(tmp_path):
   assert (tmp_path / "export" / "export.json").is_file()
 
 
+def test_the_clock_charges_prefill_calls(tmp_path):
+  """At eta=0 nothing is in flight at an update, so every prefill call is a prompt admitted
+  (its samples share it) and is charged in its tick: clock = ticks + cost * calls. Without a
+  training delay the schedule itself does not depend on the cost."""
+  free = small_config(eta=0, versions=2)
+  trainer.run(free, tmp_path / "free", reward_fn=odd_length_reward, say=lambda m: None)
+  charged = small_config(eta=0, versions=2, prefill_cost=0.75)
+  trainer.run(charged, tmp_path / "charged", reward_fn=odd_length_reward, say=lambda m: None)
+  for a, b in zip(_metrics(tmp_path / "free")[1:], _metrics(tmp_path / "charged")[1:]):
+    assert {k: a[k] for k in COMPARED + ("ticks",)} == {k: b[k] for k in COMPARED + ("ticks",)}
+    assert a["clock"] == a["ticks"]
+    assert b["prefill_calls"] == 2 * b["version"]  # 2 prompts per batch, 2 samples each
+    assert b["clock"] == b["ticks"] + 0.75 * b["prefill_calls"]
+    assert b["decode_s"] > 0 and b["prefill_s"] > 0 and b["train_s"] > 0
+
+
 def test_stale_run_is_bounded_by_eta_and_interrupts(tmp_path):
   config = small_config(eta=2, versions=4, num_slots=8, train_delay_steps=1, loss="naive")
   last = trainer.run(config, tmp_path, reward_fn=odd_length_reward, say=lambda m: None)
@@ -46,6 +62,8 @@ def test_stale_run_is_bounded_by_eta_and_interrupts(tmp_path):
 def test_bad_input(tmp_path):
   with pytest.raises(ValueError, match="must be an integer >= 0"):
     trainer.Run(small_config(eta=-1))
+  with pytest.raises(ValueError, match="prefill_cost=-1"):
+    trainer.Run(small_config(prefill_cost=-1.0))
   with pytest.raises(ValueError, match="larger than the 16 training problems"):
     trainer.Run(small_config(prompts_per_batch=17))
   bad = tmp_path / "tasks.txt"
