@@ -4,11 +4,16 @@ without weight-update interruptions) and the learner (recompute pi_prox + k PPO 
 * rollout: ``slots`` sequences of ``prompt_len`` random tokens, ``new_tokens`` sampled each
   (no stop tokens: every slot decodes the full length), twice as many requests as slots so
   freed slots are refilled; generated tokens/s over the whole run. ``interrupt_every=K``
-  calls ``update_weights`` every K decode steps (every in-flight sequence is re-prefilled),
+  calls ``update_weights`` every K decode steps (the in-flight sequences are re-prefilled, all
+  in one call),
   the cost AReaL pays for fresher weights (its paper reports +12-17% throughput *from*
   interruptible generation, because a long tail no longer blocks the update).
 * learner: one :meth:`rl.learner.Learner.train` on a batch of ``slots`` trajectories of
   ``prompt_len + new_tokens`` tokens packed into rows of ``token_budget``; tokens/s.
+* clock: the same two measurements in the units of rl/trainer.py's simulated clock, what
+  ``reports/areal.py`` calibrates on the CPU: seconds per decode step (no interruptions) and
+  ``train_delay_steps`` = a trained batch over a decode step. On an accelerator, the ratio
+  says how much of the generation asynchrony can hide.
 
 A warm-up pass compiles every shape first. Random weights: throughput does not depend on them.
 
@@ -111,12 +116,17 @@ def main(argv=None):
           f"({r['interruptions']} re-prefills)", flush=True)
   train = learner_run(cfg, graphdef, params, token_budget=budget, rng=rng, **kw)
   print(f"learner: {train['tokens_per_s']:.1f} tokens/s", flush=True)
+  step_s = rows[0]["seconds"] / rows[0]["decode_steps"]
+  clock = {"decode_step_ms": 1e3 * step_s, "train_batch_ms": 1e3 * train["seconds"],
+           "train_delay_steps": train["seconds"] / step_s}
+  print(f"clock: {clock['decode_step_ms']:.2f} ms per decode step of {slots} slots, a trained "
+        f"batch = {clock['train_delay_steps']:.1f} decode steps", flush=True)
   tag = "quick" if args.quick else "small" if args.small else None
   out = write_result("rl_throughput", config={"model": cfg.to_dict(), **kw,
                                               "token_budget": budget, "quick": args.quick,
                                               "small": args.small},
                      out=args.out or result_path("rl_throughput", tag=tag, quick=args.quick),
-                     results={"rollout": rows, "learner": train})
+                     results={"rollout": rows, "learner": train, "clock": clock})
   print(f"wrote {out}")
 
 
