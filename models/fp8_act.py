@@ -64,6 +64,14 @@ def _stored(*residuals):
   return jax.lax.optimization_barrier(residuals)
 
 
+def _after(grads, *residuals):
+  """The residuals, tied to the incoming gradients: the backward pass dequantizes only once
+  they exist. Without it XLA may dequantize right after the forward quantization (the result
+  depends on forward values alone) and keep the wide copy until the backward pass, which
+  undoes the saving again (seen in the H200 step's buffer live ranges)."""
+  return jax.lax.optimization_barrier((grads, residuals))
+
+
 # --- linear layers: x @ W_i for several kernels sharing one quantized x ----------------------
 
 
@@ -84,6 +92,7 @@ def _dots_fwd(x, kernels):
 
 def _dots_bwd(res, grads):
   q, scale, kernels, like = res
+  grads, (q, scale) = _after(grads, q, scale)
   x = dequantize_tensor(q, scale, like.dtype)
   dx = sum(jnp.einsum("...n,kn->...k", g, w.astype(g.dtype)) for g, w in zip(grads, kernels))
   batch_axes = tuple(range(x.ndim - 1))
@@ -117,6 +126,7 @@ def _rmsnorm_fwd(x, scale, eps):
 
 def _rmsnorm_bwd(eps, res, g):
   q, s, scale, like = res
+  g, (q, s) = _after(g, q, s)
   _, vjp = jax.vjp(lambda a, b: _rmsnorm(a, b, eps), dequantize_1x16(q, s, like.dtype), scale)
   return vjp(g)
 
@@ -140,6 +150,7 @@ def _swiglu_fwd(a, b):
 
 def _swiglu_bwd(res, g):
   qa, sa, qb, sb, like = res
+  g, (qa, sa, qb, sb) = _after(g, qa, sa, qb, sb)
   _, vjp = jax.vjp(_swiglu, dequantize_1x16(qa, sa, like.dtype),
                    dequantize_1x16(qb, sb, like.dtype))
   return vjp(g)
