@@ -1,7 +1,7 @@
 """COAT's FP8 activations (Xi et al. 2024, arXiv:2410.19313 §5): what the backward pass keeps.
 
-A layer's forward output is computed exactly as without FP8; what changes is the residual kept
-for the backward pass, which is stored in FP8 E4M3 and dequantized there (``jax.custom_vjp``,
+What changes is mainly the residual kept for the backward pass, which is stored in FP8 E4M3
+and dequantized there (``jax.custom_vjp``,
 so the FP8 tensors are what the compiled program holds between forward and backward):
 
 * linear layers (:func:`dots`): the input ``x`` with one per-tensor scale,
@@ -12,8 +12,10 @@ so the FP8 tensors are what the compiled program holds between forward and backw
   norm inputs lose accuracy under a single coarse scale (COAT's mixed granularity); the
   backward pass is the exact VJP of the layer evaluated at the dequantized inputs.
 
-On backends without FP8 matmuls (the CPU) the backward matmuls run in the compute dtype from the
-dequantized input; the forward matmul is the unquantized one.
+The forward linear layers run E4M3 x E4M3 with the two per-tensor scales on GPUs (FP8 GEMMs
+on H100/H200); on backends without FP8 matmuls (the CPU, TPUs up to v6e) the forward matmul
+is the unquantized one. The backward matmuls run in the compute dtype from the dequantized
+input everywhere.
 """
 from __future__ import annotations
 
@@ -79,15 +81,35 @@ def _matmul(x, w):
   return jnp.einsum("...k,kn->...n", x, w.astype(x.dtype))
 
 
+def fp8_matmul(q, scale, w, dtype):
+  """``deq(q) @ deq(e4m3(w))`` as one E4M3 x E4M3 GEMM with f32 accumulation, both per-tensor
+  scales applied to its output (XLA:GPU fuses them into the GEMM's epilogue)."""
+  qw, w_scale = quantize_tensor(w)
+  y = jnp.einsum("...k,kn->...n", q, qw, preferred_element_type=jnp.float32)
+  return (y * (scale * w_scale)).astype(dtype)
+
+
+def _forward(x, q, scale, kernels):
+  """The forward products. On GPUs, E4M3 x E4M3 (COAT's FP8 linear layers: XLA:GPU runs the
+  FP8 GEMM on the tensor cores of sm89+, H100/H200); elsewhere (the CPU; TPUs up to v6e have
+  no FP8 matrix unit) the unquantized product, so there the forward is exactly the plain
+  model's. Chosen when the program is lowered for its platform (deviceless AOT included)."""
+  return jax.lax.platform_dependent(
+      x, q, scale, kernels,
+      cuda=lambda x, q, s, ks: tuple(fp8_matmul(q, s, w, x.dtype) for w in ks),
+      default=lambda x, q, s, ks: tuple(_matmul(x, w) for w in ks))
+
+
 @jax.custom_vjp
 def dots(x, kernels):
-  """``tuple(x @ w for w in kernels)``; the backward pass keeps ``x`` in E4M3 (per-tensor)."""
-  return tuple(_matmul(x, w) for w in kernels)
+  """``tuple(x @ w for w in kernels)`` (E4M3 x E4M3 on GPUs, :func:`_forward`); the backward
+  pass keeps ``x`` in E4M3 (per-tensor)."""
+  return _forward(x, *quantize_tensor(x), kernels)
 
 
 def _dots_fwd(x, kernels):
   q, scale = _stored(*quantize_tensor(x))
-  return dots(x, kernels), (q, scale, kernels, jnp.zeros((), x.dtype))
+  return _forward(x, q, scale, kernels), (q, scale, kernels, jnp.zeros((), x.dtype))
 
 
 def _dots_bwd(res, grads):
