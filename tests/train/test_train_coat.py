@@ -1,7 +1,10 @@
 """COAT in the real train loop: FP8 moments sharded with their parameters, sharded == one
-device, gradient accumulation, resume through train/main.py, and bit-exact restore 8 -> 4 -> 1."""
+device, gradient accumulation, resume after SIGKILL through train/main.py, and bit-exact
+restore 8 -> 4 -> 1."""
 import os
+import signal
 import subprocess
+import time
 
 import chex
 import jax
@@ -94,21 +97,32 @@ def test_checkpoint_restores_bit_exactly_on_8_4_1_devices(runs, tmp_path):
   ckpt.close()
 
 
-def test_main_py_trains_with_accumulation_and_resumes(data_dir, tmp_path):
-  config = _coat(small_config(data_dir, steps=4, checkpoint_every=2, eval_every=1000,
+def test_main_py_with_accumulation_resumes_after_sigkill_bit_exactly(data_dir, tmp_path):
+  """train/main.py with coat_adamw and 2 microbatches, killed (SIGKILL) after its step-3
+  checkpoint and rerun, logs the same losses as an uninterrupted run, bit for bit: the FP8
+  moments and their group metadata come back exactly from Orbax."""
+  config = _coat(small_config(data_dir, steps=9, checkpoint_every=3, eval_every=1000,
                               microbatches=2, async_checkpoint=False))
-  config.optim.schedule = "constant"  # a 2-step run and a 4-step run share the lr
-  config.optim.warmup_steps = 0
-  args = loop_tests._main_args(config, tmp_path)
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # 1 device: compiles faster
-  run = subprocess.run([a.replace("train.steps=4", "train.steps=2") for a in args],
-                       capture_output=True, text=True, env=env)
-  assert run.returncode == 0, run.stderr[-2000:]
-  assert sorted(loop_tests._losses(tmp_path)) == [1, 2]
-  # The rerun with more steps restores the FP8 state from checkpoint 2 (bit-exactness of that
-  # restore: the test above) and continues.
-  out = loop.train_and_evaluate(config, tmp_path, devices=jax.devices()[:1])
-  assert out["status"] == "complete"
-  losses = loop_tests._losses(tmp_path)
-  assert sorted(losses) == [1, 2, 3, 4] and all(np.isfinite(v) for v in losses.values())
-  assert losses[4] < losses[1]
+  ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "killed"
+  ref = subprocess.run(loop_tests._main_args(config, ref_dir), env=env, capture_output=True,
+                       text=True)
+  assert ref.returncode == 0, ref.stderr[-2000:]
+  proc = subprocess.Popen(loop_tests._main_args(config, run_dir), env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if (run_dir / "checkpoints" / "3").is_dir():
+      proc.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.02)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+  assert max(loop_tests._losses(run_dir)) < 9
+  rerun = subprocess.run(loop_tests._main_args(config, run_dir), env=env, capture_output=True,
+                         text=True)
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  want, got = loop_tests._losses(ref_dir), loop_tests._losses(run_dir)
+  assert sorted(got) == list(range(1, 10))
+  assert all(got[step] == want[step] for step in got), (got, want)
+  assert got[9] < got[1]
