@@ -331,8 +331,9 @@ KEY_DOCS = {
     "rl.max_new_tokens": "longest completion",
     "rl.num_slots": "sequences the rollout engine decodes together (continuous batching)",
     "rl.token_budget": "tokens per packed micro-batch row (AReaL Algorithm 1)",
-    "rl.micro_batches": "packed rows per minibatch (static shape; a multiple of the train "
-                        "devices)",
+    "rl.micro_batches": "the most packed rows per minibatch (a multiple of the train devices); "
+                        "a minibatch uses the rows Algorithm 1 needs, rounded up to that "
+                        "multiple",
     "rl.rollout_devices": "local devices of the rollout mesh, the rest train (0: half)",
     "rl.train_devices": "local devices of the training mesh, after the rollout ones (0: the "
                         "rest)",

@@ -6,8 +6,10 @@ Per batch (AReaL's ``PPOTrainer.train`` order):
 1. group-normalized advantages over the ``n`` answers of each prompt (GRPO, no critic; a
    group split across batches by staleness is normalized over the part in this batch);
 2. the batch is cut into ``k`` minibatches (in the controller's oldest-first order), each
-   packed by Algorithm 1 into a static ``[micro_batches, token_budget]`` block
-   (:mod:`rl.packing`); sequences are ``prompt + completion`` and position ``t`` predicts
+   packed by Algorithm 1 (:mod:`rl.packing`) into a ``[rows, token_budget]`` block: the rows
+   Algorithm 1 needs, rounded up to a multiple of the training devices, at most
+   ``micro_batches`` (each row count compiles once; a fixed ``micro_batches`` rows spent the
+   train step's compute on empty rows); sequences are ``prompt + completion`` and position ``t`` predicts
    token ``t + 1``, with the loss mask on the completion's tokens only;
 3. ``log pi_prox`` is recomputed for all ``k`` minibatches with the parameters before any
    update (AReaL's ``compute_logp``);
@@ -134,7 +136,11 @@ class Learner:
     out = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
       p = packing.pack({k: v[lo:hi] for k, v in fields.items()}, self.token_budget,
-                       num_micro_batches=self.micro_batches)
+                       row_multiple=self.mesh.size)
+      if len(p.segment_ids) > self.micro_batches:
+        raise ValueError(f"a minibatch needs {len(p.segment_ids)} micro-batches of "
+                         f"{self.token_budget} tokens but micro_batches={self.micro_batches}: "
+                         "raise rl.micro_batches or rl.token_budget.")
       batch = {**p.fields, "segment_ids": p.segment_ids, "positions": p.positions}
       out.append(jax.device_put(batch, self.rows))
     return out

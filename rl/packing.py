@@ -15,7 +15,9 @@ Each micro-batch becomes one row of ``T_budget`` tokens: its sequences side by s
 sequence is never split across rows), then padding. ``segment_ids`` number the sequences of a
 row 1, 2, ... (0 = padding) and ``positions`` restart at 0 in each, which is exactly what
 ``models/attention.py`` needs to keep packed sequences from attending to each other. The row
-count can be fixed (``num_micro_batches``) so the jitted train step sees static shapes.
+count can be fixed (``num_micro_batches``) so the jitted train step sees one static shape, or
+rounded up to a multiple (``row_multiple``, e.g. the data-parallel devices) so that it sees a
+few shapes and computes no more empty rows than the devices need.
 
 Host-side NumPy: packing runs on the CPU before the batch is put on devices.
 """
@@ -76,7 +78,7 @@ class Packed(NamedTuple):
 
 def pack(sequences: Mapping[str, Sequence[np.ndarray]], budget: int, *,
          min_micro_batches: int = 1, num_micro_batches: int | None = None,
-         pad_values: Mapping[str, float] | None = None) -> Packed:
+         row_multiple: int = 1, pad_values: Mapping[str, float] | None = None) -> Packed:
   """Packs per-token fields of N sequences into ``[n_mb, budget]`` rows with Algorithm 1.
 
   Args:
@@ -86,6 +88,7 @@ def pack(sequences: Mapping[str, Sequence[np.ndarray]], budget: int, *,
     min_micro_batches: ``k_min`` of Algorithm 1 (e.g. the number of gradient-accumulation steps).
     num_micro_batches: pad with empty rows up to this many (static shapes across steps); an
       allocation that needs more rows raises ValueError.
+    row_multiple: pad with empty rows up to a multiple of this (after ``num_micro_batches``).
     pad_values: the fill value per field (default 0).
   """
   if not sequences:
@@ -114,6 +117,9 @@ def pack(sequences: Mapping[str, Sequence[np.ndarray]], budget: int, *,
       raise ValueError(f"the sequences need {rows} micro-batches of {budget} tokens but "
                        f"num_micro_batches={num_micro_batches}: raise it or the budget.")
     rows = num_micro_batches
+  if int(row_multiple) != row_multiple or row_multiple < 1:
+    raise ValueError(f"row_multiple={row_multiple} must be a positive integer.")
+  rows = -(-rows // int(row_multiple)) * int(row_multiple)
   pad_values = dict(pad_values or {})
   fields = {name: np.full((rows, budget), pad_values.get(name, 0), dtype=arrays[name][0].dtype)
             for name in names}

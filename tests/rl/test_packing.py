@@ -96,6 +96,17 @@ def test_static_row_count():
     packing.pack({"tokens": [np.ones(3), np.ones(4)]}, 4, num_micro_batches=1)
 
 
+def test_row_multiple_pads_only_up_to_the_next_multiple():
+  seqs = {"tokens": [np.ones(n, np.int32) for n in (5, 5, 5)]}  # 3 rows of budget 8
+  assert packing.pack(seqs, 8).segment_ids.shape == (3, 8)
+  p = packing.pack(seqs, 8, row_multiple=2)
+  assert p.segment_ids.shape == (4, 8) and (p.segment_ids[3] == 0).all()
+  assert packing.pack(seqs, 8, row_multiple=3).segment_ids.shape == (3, 8)
+  assert packing.pack(seqs, 8, num_micro_batches=5, row_multiple=2).segment_ids.shape == (6, 8)
+  with pytest.raises(ValueError, match="row_multiple=0 must be a positive integer"):
+    packing.pack(seqs, 8, row_multiple=0)
+
+
 def test_bad_input_errors():
   with pytest.raises(ValueError, match="sequence 1 has 9 tokens, more than the budget of 8"):
     packing.allocate([3, 9], 8)
