@@ -292,8 +292,22 @@ def claims(results: dict, config: dict) -> list[str]:
                   "a version is published the rollout side has long finished the batches the "
                   "gate allowed and sits idle; no update ever finds a sequence to interrupt. "
                   "Interruption pays off only when generation is the longer side."
-                  if same else ""))
+                  if same else _interruption_text(inter, wait)))
   return out
+
+
+def _interruption_text(inter: dict, wait: dict) -> str:
+  """Why the interruptible and waiting runs differ (when they do), from their own rows."""
+  interrupted = sum(r.get("interrupted_samples", 0) for r in inter["rows"])
+  samples = inter["rows"][-1]["samples"]
+  key = "eval_sampled_accuracy"
+  z = _paired_z(inter["final_per_problem"][key], wait["final_per_problem"][key])
+  return (f" {interrupted} of the interruptible run's {samples} samples lived through a weight "
+          "update, so the two runs generate different samples from there on (accuracy of "
+          f"waiting vs interrupting: paired {z:+.1f} SE). Waiting costs almost no clock: "
+          "training is still the longer side, so the few sequences in flight at an update "
+          "finish while the next batch trains. Interruption pays off when generation is the "
+          "longer side.")
 
 
 def main(argv=None):
