@@ -1,13 +1,12 @@
 """rl/main.py end to end: resume after SIGKILL continues exactly; usage errors are one line."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from rl import trainer
+from tests import sigkill
 from tests.rl.small_rl import FLAGS, small_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,16 +39,7 @@ def test_resume_after_sigkill_continues_exactly(tmp_path):
   # The reference runs in this process (same 8 CPU devices, same arith reward).
   trainer.run(small_config(versions=4, eta=1), ref_dir, say=lambda m: None)
   env = _env(tmp_path / "jax_cache")
-  proc = subprocess.Popen(_args(run_dir), env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if (run_dir / "checkpoints" / "2").is_dir():
-      proc.send_signal(signal.SIGKILL)
-      break
-    time.sleep(0.02)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+  sigkill.kill_after_checkpoint(_args(run_dir), env, run_dir / "checkpoints" / "2")
   res = subprocess.run(_args(run_dir), env=env, capture_output=True, text=True)
   assert res.returncode == 0, res.stderr[-2000:]
   assert "resumed from checkpoint" in res.stdout

@@ -2,9 +2,7 @@
 device, gradient accumulation, resume after SIGKILL through train/main.py, and bit-exact
 restore 8 -> 4 -> 1."""
 import os
-import signal
 import subprocess
-import time
 
 import chex
 import jax
@@ -16,6 +14,7 @@ from jax.sharding import PartitionSpec as P
 from core import checkpoint as ckpt_lib
 from core import sharding
 from optim import coat
+from tests import sigkill
 from tests.train import test_train_loop as loop_tests
 from tests.train import test_train_sharding as sharding_tests
 from tests.train.conftest import small_config
@@ -108,16 +107,8 @@ def test_main_py_with_accumulation_resumes_after_sigkill_bit_exactly(data_dir, t
   ref = subprocess.run(loop_tests._main_args(config, ref_dir), env=env, capture_output=True,
                        text=True)
   assert ref.returncode == 0, ref.stderr[-2000:]
-  proc = subprocess.Popen(loop_tests._main_args(config, run_dir), env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if (run_dir / "checkpoints" / "3").is_dir():
-      proc.send_signal(signal.SIGKILL)
-      break
-    time.sleep(0.02)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+  sigkill.kill_after_checkpoint(loop_tests._main_args(config, run_dir), env,
+                                run_dir / "checkpoints" / "3")
   assert max(loop_tests._losses(run_dir)) < 9
   rerun = subprocess.run(loop_tests._main_args(config, run_dir), env=env, capture_output=True,
                          text=True)

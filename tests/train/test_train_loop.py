@@ -18,7 +18,7 @@ from core import checkpoint as ckpt_lib
 from train import metrics as metrics_lib
 from core import sharding
 from train import loop
-from tests import snapshot
+from tests import sigkill, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 from tests.train.conftest import MAX_FILES, small_config  # noqa: F401
@@ -73,17 +73,7 @@ def test_resume_after_sigkill_is_exact(data_dir, tmp_path):
   env = dict(os.environ)
   ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "killed"
   subprocess.run(_main_args(config, ref_dir), check=True, env=env, capture_output=True)
-  proc = subprocess.Popen(_main_args(config, run_dir), env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  ckpt_dir = run_dir / "checkpoints"
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if (ckpt_dir / "3").is_dir():
-      proc.send_signal(signal.SIGKILL)
-      break
-    time.sleep(0.02)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+  sigkill.kill_after_checkpoint(_main_args(config, run_dir), env, run_dir / "checkpoints" / "3")
   killed_at = max(_losses(run_dir) or {0: 0})
   assert killed_at < 30
   subprocess.run(_main_args(config, run_dir), check=True, env=env, capture_output=True)

@@ -1,0 +1,22 @@
+"""Kill a run the hard way: the resume tests of train/main.py and rl/main.py share this."""
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+
+def kill_after_checkpoint(args, env, checkpoint: Path, *, timeout: float = 300.0) -> None:
+  """Starts ``args`` and SIGKILLs it as soon as the ``checkpoint`` directory appears (a step
+  Orbax has finished writing); fails if the run ended, or never got there, before the kill."""
+  proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if Path(checkpoint).is_dir():
+      proc.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.02)
+  else:
+    proc.kill()  # past the deadline: do not leave it running
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, (
+      f"the run ended (rc {proc.returncode}) before {checkpoint} appeared")
