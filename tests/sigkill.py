@@ -9,14 +9,16 @@ def kill_after_checkpoint(args, env, checkpoint: Path, *, timeout: float = 300.0
   """Starts ``args`` and SIGKILLs it as soon as the ``checkpoint`` directory appears (a step
   Orbax has finished writing); fails if the run ended, or never got there, before the kill."""
   proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + timeout
+  deadline, killed = time.time() + timeout, False
   while time.time() < deadline and proc.poll() is None:
     if Path(checkpoint).is_dir():
       proc.send_signal(signal.SIGKILL)
+      killed = True
       break
     time.sleep(0.02)
-  else:
-    proc.kill()  # past the deadline: do not leave it running
+  if not killed:
+    proc.kill()  # it ended, or overstayed the deadline: do not leave it running
   proc.wait()
-  assert proc.returncode == -signal.SIGKILL, (
-      f"the run ended (rc {proc.returncode}) before {checkpoint} appeared")
+  assert killed and proc.returncode == -signal.SIGKILL, (
+      f"the run ended (rc {proc.returncode}) or ran {timeout:.0f} s before {checkpoint} "
+      "appeared")
