@@ -118,6 +118,12 @@ def axis_rules(rules: Rules, mesh: jax.sharding.Mesh):
     _ACTIVE.reset(token)
 
 
+def active():
+  """``(rules dict, mesh)`` of the innermost :func:`axis_rules` block, or None outside one
+  (the kernels' callers use it to run the Pallas kernels per shard: kernels_pallas.sharded)."""
+  return _ACTIVE.get()
+
+
 def _mesh_axes_size(mesh, axes) -> int:
   if axes is None:
     return 1

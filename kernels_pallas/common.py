@@ -37,19 +37,31 @@ _TARGET_BACKEND: contextvars.ContextVar = contextvars.ContextVar("effijax_kernel
 
 
 @contextlib.contextmanager
-def target_backend(platform: str | None):
+def target_backend(platform: str | None, *, interpret: bool = False):
   """Within this context ``impl="auto"`` dispatches as on ``platform`` ("cuda", "gpu", "tpu";
-  None: the real backend), for tracing a function that is compiled for that target."""
-  token = _TARGET_BACKEND.set(platform)
+  None: the real backend), for tracing a function that is compiled for that target.
+
+  ``interpret=True`` also runs every Pallas kernel in interpret mode, so a whole model's
+  GPU/TPU path (kernels, their shard_map wrappers) runs on the CPU: tests.
+  """
+  token = _TARGET_BACKEND.set((platform, interpret))
   try:
     yield
   finally:
     _TARGET_BACKEND.reset(token)
 
 
+def interpret_kernels() -> bool:
+  """Whether :func:`target_backend` asked for interpret mode (kernels OR it with their own
+  ``interpret`` argument)."""
+  active = _TARGET_BACKEND.get()
+  return bool(active and active[1])
+
+
 def backend() -> str:
   """The backend ``auto`` dispatches for: :func:`target_backend`'s, else jax's default."""
-  return _TARGET_BACKEND.get() or jax.default_backend()
+  active = _TARGET_BACKEND.get()
+  return (active and active[0]) or jax.default_backend()
 
 
 def resolve_impl(impl: str, *, kernel: str, why_not: Callable[[str], str | None]) -> str:

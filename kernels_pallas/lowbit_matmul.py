@@ -441,7 +441,8 @@ def lowbit_matmul(x, qw: QuantizedWeight, *, impl: str = "auto",
       :mod:`kernels_pallas.common`).
     block_sizes: a ``GpuBlocks`` / ``TpuBlocks`` replacing the ``BLOCK_SIZES`` entry of the
       impl and regime (``dataclasses.replace(BLOCK_SIZES[("pallas_gpu", "decode")], tn=64)``).
-    interpret: run the Pallas kernel in interpret mode (works on CPU; for tests).
+    interpret: run the Pallas kernel in interpret mode (works on CPU; for tests; also on
+      inside ``common.target_backend(..., interpret=True)``).
 
   Returns:
     ``[..., N]`` in ``x.dtype``.
@@ -460,6 +461,7 @@ def lowbit_matmul(x, qw: QuantizedWeight, *, impl: str = "auto",
   impl = common.resolve_impl(impl, kernel="lowbit_matmul", why_not=why_not)
   if impl == "reference":
     return reference(x, qw)
+  interpret = interpret or common.interpret_kernels()
   lead = x.shape[:-1]
   x2 = x.reshape(-1, k)
   if qw.perm is not None:

@@ -480,6 +480,7 @@ def _grouped_attention(q, k, v, per_seq_limit, group_sizes, *, sm_scale, impl, i
                              why_not=lambda i: _why_not(i, d, hkv, block_sizes))
   rows = max(group_sizes) * sq * (hq // hkv)
   blocks = _blocks_for(impl, sq, rows, block_sizes)
+  interpret = bool(interpret or common.interpret_kernels()) and impl != "reference"
   return _grouped_attention_jit(q, k, v, per_seq_limit, group_sizes=group_sizes,
                                 sm_scale=sm_scale, impl=impl, interpret=interpret,
                                 blocks=blocks, out_dtype=out_dtype)
@@ -592,7 +593,8 @@ def shared_prefix_attention(q, levels: Sequence[PrefixLevel], suffix_k, suffix_v
       raise ValueError(f"levels[{i}].k must be [num_groups, P, Hkv, D], got {level.k.shape}.")
   return _shared_prefix_attention_jit(q, tuple(levels), suffix_k, suffix_v, suffix_lengths,
                                       q_positions, sm_scale=sm_scale, impl=impl,
-                                      interpret=interpret, out_dtype=out_dtype,
+                                      interpret=bool(interpret or common.interpret_kernels()),
+                                      out_dtype=out_dtype,
                                       backend=common.backend() if impl == "auto" else None)
 
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from core import sharding
 from kernels_pallas import prefix_attention as pa
+from kernels_pallas import sharded as sharded_kernels
 from models.blockwise_attention import blockwise_attention
 
 
@@ -95,6 +97,27 @@ def _hydragen(q, k, v, positions, cache, impl):
   slots = positions - cache["offset"][:, None]
   suffix_k = cache["k"].at[rows, slots].set(k.astype(cache["k"].dtype))
   suffix_v = cache["v"].at[rows, slots].set(v.astype(cache["v"].dtype))
-  out, _ = pa.shared_prefix_attention(q, cache["levels"], suffix_k, suffix_v, slots[:, -1] + 1,
-                                      q_positions=slots, out_dtype=q.dtype, impl=impl)
+  args = (q, cache["levels"], suffix_k, suffix_v, slots[:, -1] + 1)
+  placed = _attention_mesh_axes(q.shape, suffix_k.shape)
+  if placed:  # on a mesh: the kernel per (batch, heads) shard (kernels_pallas.sharded)
+    mesh, batch_axes, head_axes = placed
+    out, _ = sharded_kernels.shared_prefix_attention(
+        *args, mesh=mesh, batch_axes=batch_axes, head_axes=head_axes, q_positions=slots,
+        out_dtype=q.dtype, impl=impl)
+  else:
+    out, _ = pa.shared_prefix_attention(*args, q_positions=slots, out_dtype=q.dtype, impl=impl)
   return out, {**cache, "k": suffix_k, "v": suffix_v}
+
+
+def _attention_mesh_axes(q_shape, kv_shape):
+  """``(mesh, batch_axes, head_axes)`` under the active axis rules on a mesh of more than one
+  device, else None. Batch by the ``batch`` rule; heads by ``act_heads`` when the kv heads
+  (``act_kv``) split the same way (whole GQA groups per shard), else not split."""
+  active = sharding.active()
+  if active is None or active[1].size == 1:
+    return None
+  rules, mesh = active
+  batch = sharding.logical_to_spec(("batch",), (q_shape[0],), rules, mesh)[0]
+  q_heads = sharding.logical_to_spec(("act_heads",), (q_shape[2],), rules, mesh)[0]
+  kv_heads = sharding.logical_to_spec(("act_kv",), (kv_shape[2],), rules, mesh)[0]
+  return mesh, batch, q_heads if q_heads == kv_heads else None
