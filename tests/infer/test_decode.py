@@ -227,3 +227,29 @@ def test_hydragen_decode_lowers_for_cuda_with_pallas_kernels(monkeypatch):
           sds((batch,), jnp.bool_), i32(batch, 16), i32(), sds((batch,), jnp.uint32),
           i32(batch), f32(batch), i32(batch), f32(batch), i32(D.MAX_STOP_TOKENS), i32(), i32())
   assert exported.mlir_module().count('name = "prefix_attention_gpu"') >= 2  # prefix, suffix
+
+
+def test_sharded_quantized_hydragen_decode_runs_the_kernels_per_shard():
+  """The engine on data=2 x tensor=2 with int4 weights and two Hydragen levels (the prefix,
+  replicated over the data shards, and each prompt, shared by its 2 samples), the Pallas GPU
+  kernels per shard in interpret mode: the unsharded reference's greedy tokens."""
+  from kernels_pallas import common  # noqa: PLC0415
+  # Head dim and per-shard widths the GPU kernels tile (>= 16); its own graphdef, so the
+  # jitted prefill/decode are traced afresh inside the context below.
+  cfg = T.preset("tiny", n_layers=1, vocab_size=128, d_model=64, n_heads=4, n_kv_heads=2,
+                 head_dim=16, mlp_dim=128)
+  graphdef, params = T.init(cfg, seed=0)
+  quantized, _ = _quantize_kernels(params)
+  rng = np.random.default_rng(1)
+  prefix = rng.integers(3, cfg.vocab_size, 20).tolist()
+  prompts = [rng.integers(3, cfg.vocab_size, n).tolist() for n in (3, 9, 5)]
+  params_ = D.SamplingParams(max_new_tokens=4, num_samples=2)
+  want = D.Decoder(cfg, graphdef, quantized, max_len=64).generate(prompts, params_,
+                                                                  prefix=prefix)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, jax.devices()[:4])
+  warned = set(common._warned)
+  with common.target_backend("gpu", interpret=True):
+    got = D.Decoder(cfg, graphdef, quantized, max_len=64, mesh=mesh).generate(
+        prompts, params_, prefix=prefix)
+  assert set(common._warned) == warned  # no kernel fell back to the reference
+  np.testing.assert_array_equal(got.token_array, want.token_array)
