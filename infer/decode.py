@@ -34,7 +34,9 @@ so every sharing group is contiguous, as the kernels require.
 
 **Parallelism.** With a ``mesh``, params are sharded by their logical axes (the training
 rules of :mod:`core.sharding`: heads over ``tensor``) and caches and the batch over
-``(data, fsdp)``; the model's activation constraints apply inside the jitted functions.
+``(data, fsdp)``; the model's activation constraints apply inside the jitted functions. On a
+GPU/TPU the low-bit matmul and Hydragen attention run their Pallas kernels per shard
+(:mod:`kernels_pallas.sharded`: column-/row-parallel weights, batch and heads split).
 """
 from __future__ import annotations
 

@@ -17,6 +17,9 @@ taking ``impl=`` and ``block_sizes=``.
 **Compiling for another target** (core/targets.py): the process's backend stays the CPU, so
 ``auto`` would pick the reference; ``with target_backend("tpu"):`` around the trace
 (``jax.jit(f).lower(...)``) makes ``auto`` choose what that target would run.
+
+**On a mesh** XLA cannot partition a Pallas call; :mod:`kernels_pallas.sharded` runs each
+kernel per shard in ``shard_map`` under the same policy.
 """
 from __future__ import annotations
 
