@@ -258,7 +258,9 @@ def _split_quantized(params):
         "bits": leaf.bits, "group_size": leaf.group_size, "dim": leaf.dim,
         "shape": list(leaf.shape), "dtype": leaf.dtype,
         "scales_dtype": jnp.dtype(leaf.scales.dtype).name, "perm": leaf.perm is not None}
-    out = {"packed": leaf.packed, "scales": leaf.scales, "zeros": leaf.zeros}
+    # A weight prepared for a kernel (zeros in the scales' dtype, groups_t) is saved in the
+    # stored layout: uint8 zero points (exact), no kernel copies.
+    out = {"packed": leaf.packed, "scales": leaf.scales, "zeros": leaf.zeros.astype(jnp.uint8)}
     if leaf.perm is not None:
       out["perm"] = leaf.perm
     return out

@@ -9,7 +9,8 @@ Dequantization (``w_hat = s * (q - z)``) of a weight in Flax layout ``[K, N]``:
   channels of one input channel. ``scales, zeros: [K, N // g]``;
   ``w_hat[k, n] = scales[k, n // g] * (q[k, n] - zeros[k, n // g])``.
 
-Both give ``K * N / g`` (scale, zero) pairs. ``zeros`` are integer zero points (uint8).
+Both give ``K * N / g`` (scale, zero) pairs. ``zeros`` are integer zero points (uint8; or,
+once prepared for the TPU kernel, the same integers in the scales' dtype, which is exact).
 ``packed`` holds the codes in the layout of :mod:`quant.packing`.
 
 ``perm`` (optional, int32 ``[K]``): GPTQ with act-order and dynamic groups stores the rows in
@@ -39,6 +40,9 @@ class QuantizedWeight:
   shape: tuple = struct.field(pytree_node=False)  # (K, N) of the original weight
   dtype: str = struct.field(pytree_node=False)  # dtype name of the original weight
   perm: jax.Array | None = None  # int32 [K] or None
+  # Optional, made at load time for the TPU kernel (kernels_pallas.lowbit_matmul.prepare):
+  # per-IC scales and zeros transposed, [2, N // g, 1, K] in the scales' dtype. Never saved.
+  groups_t: jax.Array | None = None
 
   @property
   def in_features(self) -> int:
@@ -68,6 +72,11 @@ class QuantizedWeight:
                          f"{self.dim!r}, group_size={self.group_size}.")
     if self.perm is not None and tuple(self.perm.shape) != (k,):
       raise ValueError(f"perm has shape {self.perm.shape}, expected ({k},).")
+    if self.groups_t is not None:
+      want_t = (2, n // self.group_size, 1, k)
+      if self.dim != "ic" or tuple(self.groups_t.shape) != want_t:
+        raise ValueError(f"groups_t has shape {self.groups_t.shape} for dim={self.dim!r}; only "
+                         f"per-IC weights carry it, as {want_t} (lowbit_matmul.prepare).")
     return self
 
 

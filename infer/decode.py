@@ -52,6 +52,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from infer import sampling as sampling_lib
+from kernels_pallas import lowbit_matmul
 from kernels_pallas.prefix_attention import PrefixLevel
 from core import sharding
 from models import transformer
@@ -208,7 +209,8 @@ class Decoder:
       self.rules = ()
       # Committed to one device, like restored params, so both hit the same compiled code.
       params = jax.device_put(params, jax.devices()[0])
-    self.params = params
+    # Low-bit weights in the layout this backend's kernel reads, once (not per call).
+    self.params = lowbit_matmul.prepare_params(params)
 
   # ---------------------------------------------------------------------------------------
   # Shapes and placement.

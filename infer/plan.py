@@ -27,6 +27,7 @@ from core import fit as fit_lib
 from core import qtensor
 from core import targets as core_targets
 from kernels_pallas import common as kernels_common
+from kernels_pallas import lowbit_matmul
 from kernels_pallas.prefix_attention import PrefixLevel
 from models import transformer
 
@@ -79,6 +80,8 @@ def compile_decode_step(cfg, target, *, batch: int, prefix_len: int, suffix_len:
     target = targets_lib.get(target)
   device = core_targets.compile_devices(target)[0]
   graphdef, params = abstract_weights(cfg, bits, group_size)
+  # The weights as infer.decode.Decoder holds them on that platform (lowbit_matmul.prepare).
+  params = jax.eval_shape(lambda p: lowbit_matmul.prepare_params(p, target.platform), params)
   cache = abstract_cache(cfg, batch, prefix_len, suffix_len, hydragen)
   token = jax.ShapeDtypeStruct((batch, 1), jnp.int32)
 

@@ -359,20 +359,29 @@ def _pallas_tpu(x2, qw: QuantizedWeight, block_sizes, interpret):
   bm, tn, tk = plan.bm, plan.tn, plan.tk
   mp = -(-m // bm) * bm
   x2 = jnp.pad(x2, ((0, mp - m), (0, 0)))
-  # Zeros go to the scales' dtype (exact for integers <= 255): 8-bit tiles are (32, 128) on
-  # TPU and the (1, tn) rows below would not fit them. One pass over K*N/g bytes.
+  # Zeros in the scales' dtype (exact for integers <= 255): 8-bit tiles are (32, 128) on TPU
+  # and the (1, tn) rows below would not fit them. prepare() does it once at load time;
+  # otherwise it is one pass over K*N/g bytes per call.
   zeros = qw.zeros.astype(qw.scales.dtype)
   if qw.dim == "oc":  # [K/g, 1, N]: a (1, tn) row per group is a full-dim second-minor block
-    scales, zeros = qw.scales[:, None, :], zeros[:, None, :]
+    group_args = [qw.scales[:, None, :], zeros[:, None, :]]  # free reshapes
     # lax.div, not //: floor division of traced ints lowers via sign(), which Mosaic
     # resolves against the local TPU generation (fails in CPU-side export).
     if g <= tk:  # K tile kt holds groups [kt * tk/g, (kt + 1) * tk/g)
       group_spec = pl.BlockSpec((tk // g, 1, tn), lambda i, j, kt: (kt, 0, j))
     else:  # g / tk consecutive K tiles share one group
       group_spec = pl.BlockSpec((1, 1, tn), lambda i, j, kt: (lax.div(kt, g // tk), 0, j))
-  else:  # [N/g, 1, K]: the tile's column group as a lane-dense K row (a small transpose)
-    scales, zeros = qw.scales.T[:, None, :], zeros.T[:, None, :]
-    group_spec = pl.BlockSpec((1, 1, tk), lambda i, j, kt: (lax.div(j, g // tn), 0, kt))
+    group_specs = [group_spec, group_spec]
+  else:  # [N/g, 1, K]: the tile's column group as a lane-dense K row
+    if qw.groups_t is not None:  # prepared: [2, N/g, 1, K], scales then zeros, no copy here
+      group_args = [qw.groups_t, qw.groups_t]
+      group_specs = [pl.BlockSpec((None, 1, 1, tk),
+                                  lambda i, j, kt, part=part: (part, lax.div(j, g // tn), 0, kt))
+                     for part in (0, 1)]
+    else:  # a small transpose per call
+      group_args = [qw.scales.T[:, None, :], zeros.T[:, None, :]]
+      group_spec = pl.BlockSpec((1, 1, tk), lambda i, j, kt: (lax.div(j, g // tn), 0, kt))
+      group_specs = [group_spec, group_spec]
   if bits == 3:
     lo_blocks = k // 16 // (tk // 16)
     word_specs = [pl.BlockSpec((tk // 16, tn), lambda i, j, kt: (kt, j)),
@@ -386,15 +395,14 @@ def _pallas_tpu(x2, qw: QuantizedWeight, block_sizes, interpret):
       kernel,
       out_shape=jax.ShapeDtypeStruct((mp, n), x2.dtype),
       grid=(mp // bm, n // tn, k // tk),
-      in_specs=[pl.BlockSpec((bm, tk), lambda i, j, kt: (i, kt)), *word_specs,
-                group_spec, group_spec],
+      in_specs=[pl.BlockSpec((bm, tk), lambda i, j, kt: (i, kt)), *word_specs, *group_specs],
       out_specs=pl.BlockSpec((bm, tn), lambda i, j, kt: (i, j)),
       scratch_shapes=[pltpu.VMEM((bm, tn), jnp.float32)],
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "arbitrary")),
       cost_estimate=cost_estimate(mp, qw, x2.dtype),
       interpret=interpret, name=f"lowbit_matmul_tpu_int{bits}_{qw.dim}",
-  )(x2, *word_args, scales, zeros)
+  )(x2, *word_args, *group_args)
   return y[:m]
 
 
@@ -427,6 +435,33 @@ def _check_inputs(x, qw: QuantizedWeight) -> int:
 
 
 _PLANS = {"pallas_gpu": _plan_gpu, "pallas_tpu": _plan_tpu}
+
+
+def prepare(qw: QuantizedWeight, platform: str | None = None) -> QuantizedWeight:
+  """``qw`` in the layout ``platform``'s kernel reads (default: :func:`common.backend`), made
+  once when the weights are loaded instead of on every call.
+
+  TPU: the zero points in the scales' dtype (exact: integers <= 255), so the kernel reads them
+  as they are, and for per-IC groups ``groups_t = [scales.T, zeros.T]`` as ``[2, N/g, 1, K]``
+  (the lane-dense rows the kernel's blocks take), so no transpose runs per call. That is
+  ~4-5% of an int4 matmul's bytes (a uint8 read plus a 16-bit write and read per group).
+  Other platforms: ``qw`` unchanged (the GPU kernel converts uint8 zeros in registers).
+  The reference and the GPU kernel read the prepared weight exactly like the stored one.
+  """
+  if (platform or common.backend()) != "tpu":
+    return qw
+  zeros = qw.zeros.astype(qw.scales.dtype)
+  groups_t = None
+  if qw.dim == "ic":
+    groups_t = jnp.stack([qw.scales.T, zeros.T])[:, :, None, :]
+  return qw.replace(zeros=zeros, groups_t=groups_t).validate()
+
+
+def prepare_params(params, platform: str | None = None):
+  """:func:`prepare` on every ``QuantizedWeight`` of a params tree (other leaves as they are)."""
+  is_qw = lambda leaf: isinstance(leaf, QuantizedWeight)
+  return jax.tree.map(lambda leaf: prepare(leaf, platform) if is_qw(leaf) else leaf, params,
+                      is_leaf=is_qw)
 
 
 def lowbit_matmul(x, qw: QuantizedWeight, *, impl: str = "auto",

@@ -156,17 +156,24 @@ def lowbit_matmul(x, qw: QuantizedWeight, *, mesh, row_axes=None, k_axes=None, n
   w_spec = P(k_spec, n_spec)
   has_perm = qw.perm is not None
 
-  def local(x, packed, scales, zeros, *perm):
+  has_groups_t = qw.groups_t is not None  # per-IC [2, N/g, 1, K]: prepared for the TPU
+
+  def local(x, packed, scales, zeros, *extra):
+    extra = list(extra)
+    perm = extra.pop(0) if has_perm else None
+    groups_t = extra.pop(0) if has_groups_t else None
     w = QuantizedWeight(packed, scales, zeros, bits=qw.bits, group_size=qw.group_size,
-                        dim=qw.dim, shape=local_qw.shape, dtype=qw.dtype,
-                        perm=perm[0] if perm else None)
+                        dim=qw.dim, shape=local_qw.shape, dtype=qw.dtype, perm=perm,
+                        groups_t=groups_t)
     y = lm.lowbit_matmul(x, w, impl=impl, block_sizes=block_sizes, interpret=interpret)
     if kax:  # row-parallel: each shard holds a partial sum over its K rows
       y = lax.psum(y.astype(jnp.float32), kax).astype(x.dtype)
     return y
 
-  args = (x, qw.packed, qw.scales, qw.zeros) + ((qw.perm,) if has_perm else ())
-  specs = (x_spec, w_spec, w_spec, w_spec) + ((P(),) if has_perm else ())
+  args = ((x, qw.packed, qw.scales, qw.zeros) + ((qw.perm,) if has_perm else ())
+          + ((qw.groups_t,) if has_groups_t else ()))
+  specs = ((x_spec, w_spec, w_spec, w_spec) + ((P(),) if has_perm else ())
+           + ((P(None, n_spec, None, k_spec),) if has_groups_t else ()))
   return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=y_spec,
                        check_vma=False)(*args)
 

@@ -93,3 +93,24 @@ def test_oversized_block_is_rejected_by_mosaic_vmem():
   _compile(lambda x, w: lm.lowbit_matmul(x, w, impl="pallas_tpu"), "v5e-4", x, qw)  # shipped
   with pytest.raises(Exception, match="(?i)vmem"):
     _compile(fn, "v5e-4", x, qw)
+
+
+@pytest.mark.parametrize("dim", ("oc", "ic"))
+def test_prepared_lowbit_weight_needs_no_per_call_work_outside_the_tpu_kernel(dim):
+  """Stored weights: XLA converts the uint8 zeros (and, per-IC, transposes scales and zeros)
+  in a fusion before every call. lm.prepare(qw, "tpu") does it at load time: the compiled
+  step is the kernel and data movement only (bitcasts, copies into VMEM)."""
+  import re  # noqa: PLC0415
+  qw = _abstract_weight(4, dim)
+  prepared = jax.eval_shape(lambda w: lm.prepare(w, "tpu"), qw)
+  x = jax.ShapeDtypeStruct((16, K), jnp.bfloat16)
+  fn = lambda x, w: lm.lowbit_matmul(x, w, impl="pallas_tpu")
+
+  def entry_ops(w):
+    text = _compile(fn, "v5e-4", x, w).as_text()
+    assert f"lowbit_matmul_tpu_int4_{dim}" in text
+    return set(re.findall(r"= \S+ ([a-z-]+)\(", text[text.index("ENTRY"):]))
+
+  assert "fusion" in entry_ops(qw)
+  assert entry_ops(prepared) <= {"parameter", "bitcast", "copy", "copy-start", "copy-done",
+                                 "custom-call"}

@@ -224,3 +224,26 @@ def test_pallas_matches_numpy_broad(bits, dim, impl, dtype):
     y = lm.lowbit_matmul(x, qw, impl=impl, interpret=True)
     assert _rel_err(y, _numpy_matmul(x, q, s, z, p, 128, dim)) < (
         1e-5 if dtype == jnp.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("bits,dim", [(4, "oc"), (8, "oc"), (2, "ic"), (4, "ic")])
+def test_prepared_tpu_weight_gives_the_same_results(bits, dim):
+  """lm.prepare(qw, "tpu"): zeros in the scales' dtype (+ per-IC groups transposed) once at
+  load time; every impl reads it exactly like the stored weight."""
+  rng = np.random.default_rng(bits * 10 + len(dim))
+  qw, _ = _random_weight(rng, bits, dim, 512, 256, 128, scale_dtype=jnp.bfloat16)
+  prepared = lm.prepare(qw, "tpu")
+  assert prepared.zeros.dtype == jnp.bfloat16
+  assert (prepared.groups_t is not None) == (dim == "ic")
+  if dim == "ic":
+    assert prepared.groups_t.shape == (2, 2, 1, 512)
+  assert lm.prepare(qw, "cuda") is qw  # the GPU kernel reads uint8 zeros itself
+  x = jnp.asarray(rng.normal(size=(5, 512)), jnp.float32)
+  for impl in ("reference", "pallas_tpu", "pallas_gpu"):
+    want = lm.lowbit_matmul(x, qw, impl=impl, interpret=True)
+    np.testing.assert_array_equal(lm.lowbit_matmul(x, prepared, impl=impl, interpret=True),
+                                  want, err_msg=impl)
+  bad = (qw.replace(groups_t=jnp.zeros((2, 2, 1, 512))) if dim == "oc"
+         else prepared.replace(groups_t=prepared.groups_t[:, :1]))
+  with pytest.raises(ValueError, match="only per-IC weights carry it"):
+    bad.validate()

@@ -63,6 +63,8 @@ def test_sharded_lowbit_matmul_equals_unsharded_reference(impl, parallel, bits, 
     k, n = 1024, 128  # a K shard of 256 rows still holds whole 128-row groups
   mesh = _mesh(2, 4)
   qw = _weight(bits * 10 + len(dim), bits, dim, k, n, g)
+  if impl == "pallas_tpu":  # as the decoder holds it on a TPU: per-IC groups_t split too
+    qw = lm.prepare(qw, "tpu")
   x = _x(1, (4, 3, k))  # rows 4 over data, a middle dim, K
   axes = (dict(n_axes="tensor") if parallel == "column" else dict(k_axes="tensor"))
   y = jax.jit(lambda x, w: sharded.lowbit_matmul(x, w, mesh=mesh, row_axes="data", impl=impl,
