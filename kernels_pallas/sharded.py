@@ -12,9 +12,9 @@ the model's shardings put them:
   (column-parallel: per-OC scales/zeros and per-IC column groups go with their columns) and
   its input rows over ``k_axes`` (row-parallel: ``x``'s last dim is sharded the same way and
   the partial products are summed with ``psum`` over ``k_axes``).
-* :func:`shared_prefix_attention`: Hydragen attention with the batch over ``batch_axes`` and
-  the heads over ``head_axes`` (q heads and kv heads split alike, so each shard holds whole GQA
-  groups). A prefix level's sharing groups are cut at the data-shard boundaries: a group that
+* :func:`shared_prefix_attention` (with no levels: the suffix attention alone): Hydragen
+  attention with the batch over ``batch_axes`` and the heads over ``head_axes`` (q heads and
+  kv heads split alike, so each shard holds whole GQA groups). A prefix level's sharing groups are cut at the data-shard boundaries: a group that
   spans shards is attended per shard (its prefix KV replicated, or gathered per shard), which
   is exact because every sequence still sees its whole prefix.
 
