@@ -175,6 +175,9 @@ class EncDecConfig(_Dict):
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False  # rematerialize each encoder/decoder block in the backward pass
+  # > 0: a CTC head on the encoder output (blank = pad_id) whose loss joins the decoder's
+  # cross-entropy with this weight (hybrid CTC/attention training; models/encdec.py).
+  ctc_weight: float = 0.0
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "n_heads", "head_dim", "enc_layers", "mlp_dim",
@@ -186,6 +189,9 @@ class EncDecConfig(_Dict):
                        "symmetric 'same' convolution).")
     if self.head_dim % 2:
       raise ValueError(f"model.head_dim={self.head_dim} must be even for RoPE.")
+    if not 0.0 <= self.ctc_weight < 1.0:
+      raise ValueError(f"model.ctc_weight={self.ctc_weight} must be in [0, 1): the CTC "
+                       "loss's share (0 = attention decoder only).")
     if self.n_mels % 8:
       raise ValueError(f"model.n_mels={self.n_mels} must be divisible by 8 (three stride-2 "
                        "subsampling stages halve the mel axis).")
@@ -201,5 +207,6 @@ class EncDecConfig(_Dict):
     sub = 9 * c + c + 2 * (9 * c * c + c) + c * (self.n_mels // 8) * d  # convs have biases
     enc_block = 4 * d * m + 4 * d * a + 3 * d * d + self.conv_kernel * d + 6 * d
     dec_block = 8 * d * a + 3 * d * m + 3 * d
+    ctc_head = self.vocab_size * d if self.ctc_weight > 0 else 0
     return (sub + self.enc_layers * enc_block + self.dec_layers * dec_block
-            + self.vocab_size * d + d)
+            + self.vocab_size * d + d + ctc_head)

@@ -6,7 +6,8 @@ part of its models) -> FastConformer 8x subsampling (three 3x3 stride-2 convs ov
 Rekesh et al. 2023, arXiv 2305.05084) -> Conformer blocks (Gulati et al. 2020, arXiv
 2005.08100): ``x + FFN/2, x + MHSA, x + Conv, x + FFN/2, norm`` -> a Transformer decoder whose
 blocks are causal self-attention, cross-attention to the encoder, SwiGLU; trained with
-cross-entropy on the next token (``loss``).
+cross-entropy on the next token, optionally joined by a CTC loss on a linear head over the
+encoder (``ctc_weight``, :func:`ctc_loss`; hybrid CTC/attention, Watanabe et al. 2017).
 
 Padding never leaks into real positions: audio past ``audio_len`` is zeroed, the log-mel
 frames past the valid count are zeroed after per-utterance normalization, every subsampling
@@ -28,6 +29,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from core.sharding import constrain
@@ -301,6 +303,9 @@ class EncoderDecoder(nnx.Module):
     self.embed = Embed(cfg.vocab_size, cfg.d_model, rngs=rngs, param_dtype=pd)
     self.dec_layers = nnx.List([DecoderBlock(cfg, rngs=rngs) for _ in range(cfg.dec_layers)])
     self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=pd)
+    if cfg.ctc_weight > 0:  # hybrid CTC/attention training: per-frame logits of the encoder
+      self.ctc_proj = Linear(cfg.d_model, cfg.vocab_size, logical_axes=("embed", "vocab"),
+                             rngs=rngs, param_dtype=pd)
 
   def encode(self, audio, audio_len):
     """``(encoded, enc_mask bool [B, T], per-layer cross-attention K/V)``."""
@@ -323,9 +328,17 @@ class EncoderDecoder(nnx.Module):
     return constrain(logits, ("batch", "seq", "act_vocab")), new_cache
 
   def __call__(self, audio, audio_len, dec_tokens):
-    _, enc_mask, kvs = self.encode(audio, audio_len)
+    return self.with_ctc(audio, audio_len, dec_tokens)[0]
+
+  def with_ctc(self, audio, audio_len, dec_tokens):
+    """``(decoder logits [B, L, vocab], CTC logits f32 [B, T, vocab] or None, enc_mask)``."""
+    enc, enc_mask, kvs = self.encode(audio, audio_len)
     positions = jnp.broadcast_to(jnp.arange(dec_tokens.shape[1]), dec_tokens.shape)
-    return self.decode(dec_tokens, positions, kvs, enc_mask)[0]
+    logits = self.decode(dec_tokens, positions, kvs, enc_mask)[0]
+    if self.cfg.ctc_weight <= 0:
+      return logits, None, enc_mask
+    ctc = self.ctc_proj(enc).astype(jnp.float32)
+    return logits, constrain(ctc, ("batch", "seq", "act_vocab")), enc_mask
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,6 +361,11 @@ def logical_axes(cfg: EncDecConfig):
 def apply(graphdef, params, audio, audio_len, dec_tokens):
   """Teacher-forced logits ``f32 [B, L, vocab]`` for decoder inputs ``dec_tokens [B, L]``."""
   return functional.merge(graphdef, params)(audio, audio_len, dec_tokens)
+
+
+def apply_with_ctc(graphdef, params, audio, audio_len, dec_tokens):
+  """``(decoder logits, CTC logits or None, enc_mask)`` (:meth:`EncoderDecoder.with_ctc`)."""
+  return functional.merge(graphdef, params).with_ctc(audio, audio_len, dec_tokens)
 
 
 def forward(model: EncoderDecoder, batch):
@@ -382,6 +400,21 @@ def cross_entropy(logits, targets, weights):
   logz = jax.nn.logsumexp(logits, axis=-1)
   gold = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   return jnp.sum((logz - gold) * weights), jnp.sum(weights)
+
+
+def ctc_loss(ctc_logits, enc_mask, tokens, token_len, blank_id: int):
+  """``(sum over utterances of -log p_CTC(tokens | audio), utterances counted)``.
+
+  CTC (Graves et al. 2006) over the encoder's frames, blank = ``blank_id`` (the pad id, never
+  a target). An utterance whose frames cannot hold its tokens (CTC needs one frame per token
+  plus one between equal neighbours) counts nowhere instead of adding optax's ``-log eps``.
+  """
+  valid = jnp.arange(tokens.shape[1])[None] < token_len[:, None]
+  per_utt = optax.ctc_loss(ctc_logits, (~enc_mask).astype(jnp.float32), tokens,
+                           (~valid).astype(jnp.float32), blank_id=blank_id)
+  repeats = jnp.sum(valid[:, 1:] & (tokens[:, 1:] == tokens[:, :-1]), axis=1)
+  fits = (token_len > 0) & (token_len + repeats <= jnp.sum(enc_mask, axis=1))
+  return jnp.sum(jnp.where(fits, per_utt, 0.0)), jnp.sum(fits).astype(jnp.float32)
 
 
 def greedy_decode(graphdef, params, audio, audio_len, max_len: int):

@@ -133,3 +133,60 @@ def test_cut_at_stop_drops_ids_the_tokenizer_does_not_have():
   ids = np.array([7, 300, 9, CFG.eos_id, 5])
   assert encdec.cut_at_stop(ids, CFG).tolist() == [7, 300, 9]
   assert encdec.cut_at_stop(ids, CFG, vocab_size=256).tolist() == [7, 9]
+
+
+def _ctc_brute_force(log_probs, labels, blank):
+  """-log sum over every frame path that collapses (merge repeats, drop blanks) to labels."""
+  t, k = log_probs.shape
+  total = -np.inf
+  for path in np.ndindex(*(k,) * t):
+    merged = [s for i, s in enumerate(path) if i == 0 or s != path[i - 1]]
+    if [s for s in merged if s != blank] == list(labels):
+      total = np.logaddexp(total, sum(log_probs[i, s] for i, s in enumerate(path)))
+  return -total
+
+
+def test_ctc_loss_equals_the_sum_over_alignments_and_skips_what_cannot_fit():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(4, 5, 3)).astype(np.float32)  # 4 utterances, 5 frames, blank 0
+  frames = np.array([5, 4, 5, 2])
+  tokens = np.array([[1, 2, 0], [2, 2, 0], [1, 1, 2], [1, 2, 1]], np.int32)
+  token_len = np.array([2, 2, 3, 3])  # the last needs 3 frames and has 2: skipped
+  mask = np.arange(5)[None] < frames[:, None]
+  total, counted = encdec.ctc_loss(jnp.asarray(logits), jnp.asarray(mask), jnp.asarray(tokens),
+                                   jnp.asarray(token_len), blank_id=0)
+  log_probs = jax.nn.log_softmax(logits, -1)
+  want = sum(_ctc_brute_force(np.asarray(log_probs[b, :frames[b]]), tokens[b, :token_len[b]], 0)
+             for b in range(3))
+  np.testing.assert_allclose(float(total), want, rtol=1e-5)
+  assert float(counted) == 3.0
+
+
+def test_ctc_head_adds_its_parameters_and_its_loss_to_the_task():
+  from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
+  from train.tasks import asr  # pylint: disable=import-outside-toplevel
+  cfg = EncDecConfig(**{**CFG.to_dict(), "ctc_weight": 0.3})
+  graphdef, params = encdec.init(cfg, seed=0)
+  assert sum(math.prod(x.shape) for x in jax.tree.leaves(params)) == cfg.num_params()
+  assert cfg.num_params() == CFG.num_params() + cfg.vocab_size * cfg.d_model
+  with pytest.raises(ValueError, match="ctc_weight"):
+    EncDecConfig(ctc_weight=1.0)
+  task = asr.Task.__new__(asr.Task)  # the loss needs the model config only
+  task.model_cfg, task.model = cfg, encdec
+  task.config = ConfigDict({"model": {"name": "encdec", **cfg.to_dict()}})
+  batch = {"audio": jnp.asarray(np.stack([_audio(1, 9000, 12000), _audio(2, 12000, 12000)])),
+           "audio_len": jnp.array([9000, 12000], jnp.int32),
+           "tokens": jnp.array([[5, 6, 7], [8, 9, 0]], jnp.int32),
+           "token_len": jnp.array([3, 2], jnp.int32)}
+  out = task.forward(graphdef, params, batch)
+  total, count = task.loss(out, batch)
+  nll, count_nll = task._nll(out["logits"], batch)  # pylint: disable=protected-access
+  ctc, _ = encdec.ctc_loss(out["ctc_logits"], out["enc_mask"], batch["tokens"],
+                           batch["token_len"], blank_id=cfg.pad_id)
+  assert float(count) == float(count_nll) == 7.0  # 3 + 2 tokens and two EOS
+  np.testing.assert_allclose(float(total), 0.7 * float(nll) + 0.3 * float(ctc), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(out["logits"]),
+                             np.asarray(encdec.apply(graphdef, params, batch["audio"],
+                                                     batch["audio_len"], encdec.decoder_inputs(
+                                                         batch["tokens"], cfg.bos_id))),
+                             rtol=1e-6)

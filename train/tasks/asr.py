@@ -260,17 +260,37 @@ class Task:
   # -------------------------------------------------------------------------------- model --
 
   def forward(self, graphdef, params, batch, rng=None):
+    """Decoder logits; with ``model.ctc_weight > 0`` a dict that adds the encoder's CTC
+    logits and frame mask."""
     del rng  # no dropout
-    return self.model.apply(graphdef, params, batch["audio"], batch["audio_len"],
-                            encdec.decoder_inputs(batch["tokens"], self.model_cfg.bos_id))
+    inputs = encdec.decoder_inputs(batch["tokens"], self.model_cfg.bos_id)
+    if self.model_cfg.ctc_weight <= 0:
+      return self.model.apply(graphdef, params, batch["audio"], batch["audio_len"], inputs)
+    logits, ctc_logits, enc_mask = self.model.apply_with_ctc(
+        graphdef, params, batch["audio"], batch["audio_len"], inputs)
+    return {"logits": logits, "ctc_logits": ctc_logits, "enc_mask": enc_mask}
 
-  def loss(self, logits, batch):
-    """``(sum of next-token NLL over real tokens incl. EOS, their count)``."""
+  def _nll(self, logits, batch):
     c = self.model_cfg
     targets, weights = encdec.decoder_targets(batch["tokens"], batch["token_len"], c.eos_id,
                                               c.pad_id)
     weights = weights * (batch["audio_len"] > 0)[:, None]
     return encdec.cross_entropy(logits, targets, weights)
+
+  def loss(self, outputs, batch):
+    """``(sum of next-token NLL over real tokens incl. EOS, their count)``; with
+    ``model.ctc_weight = w > 0`` the sum is ``(1 - w) NLL + w CTC`` (hybrid CTC/attention,
+    Watanabe et al. 2017: the CTC term's monotonic alignment gets the encoder off the
+    plateau where the decoder predicts from its own prefix alone)."""
+    if not isinstance(outputs, dict):
+      return self._nll(outputs, batch)
+    nll, count = self._nll(outputs["logits"], batch)
+    real = batch["audio_len"] > 0
+    ctc, _ = encdec.ctc_loss(outputs["ctc_logits"], outputs["enc_mask"] & real[:, None],
+                             batch["tokens"], jnp.where(real, batch["token_len"], 0),
+                             blank_id=self.model_cfg.pad_id)
+    w = self.model_cfg.ctc_weight
+    return (1.0 - w) * nll + w * ctc, count
 
   def _host_errors(self, hyp, tokens, token_len):
     refs = transcripts(self.tokenizer, tokens, token_len)
@@ -278,7 +298,9 @@ class Task:
     return tuple(np.float32(x) for x in word_errors(refs, hyps) + char_errors(refs, hyps))
 
   def eval_sums(self, graphdef, params, batch):
-    nll, count = self.loss(self.forward(graphdef, params, batch), batch)
+    outputs = self.forward(graphdef, params, batch)
+    nll, count = self._nll(outputs["logits"] if isinstance(outputs, dict) else outputs,
+                           batch)  # eval loss: the decoder's NLL alone
     hyp = encdec.greedy_decode(graphdef, params, batch["audio"], batch["audio_len"],
                                batch["tokens"].shape[1] + 1)
     scalar = jax.ShapeDtypeStruct((), jnp.float32)
