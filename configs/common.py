@@ -390,5 +390,6 @@ def privacy_config() -> ml_collections.ConfigDict:
   c.text.pretrain_steps = 300
   c.text.top_k = 8  # ReCIT: proposals per position
   c.text.sweeps = 1  # ReCIT: coordinate-descent sweeps
+  c.text.coverage = 0.3  # ReCIT: score bonus for a filtered token no note has placed yet
   c.text.relax_steps = 150  # the relaxation attack's Adam steps
   return c

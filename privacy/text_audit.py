@@ -19,7 +19,7 @@ from privacy.attacks import text as _text_attacks  # noqa: F401  (registers the 
 def _meta(config, name: str) -> dict:
   t = config.text
   if name == "recit":
-    return {"top_k": int(t.top_k), "sweeps": int(t.sweeps)}
+    return {"top_k": int(t.top_k), "sweeps": int(t.sweeps), "coverage": float(t.coverage)}
   if name == "relaxation":
     return {"steps": int(t.relax_steps)}
   return {}

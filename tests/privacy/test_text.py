@@ -127,3 +127,18 @@ def test_recit_and_relaxation_run_and_recover_the_token_set():
   with pytest.raises(ValueError, match="unknown defense"):
     recit.run_attack("recit", victim, notes, key=jax.random.key(0), defense="noize")
   assert truth
+
+
+def test_recit_coverage_places_every_filtered_token_once_before_repeating():
+  """With a dominant coverage bonus, the first |S| tokens ReCIT places are the filter's set S,
+  each once (the coverage term spends every filtered token before any is repeated); without
+  it, the prior and the gradient alone leave some of S out on this tiny victim."""
+  victim = _victim()
+  batch = pii_corpus.encode(pii_corpus.make_notes(1, seed=11))
+  shared = victim.peft_gradient(batch)
+  s = text_attacks.token_set(shared)
+  meta = {"batch_size": 1, "max_len": len(s) + 4, "top_k": 4, "sweeps": 0, "confident": 1.01}
+  out = attacks.get("recit")(shared, victim, {**meta, "coverage": 10.0}, jax.random.key(0))
+  assert sorted(out["tokens"][:len(s)].tolist()) == sorted(s.tolist())
+  plain = attacks.get("recit")(shared, victim, {**meta, "coverage": 0.0}, jax.random.key(0))
+  assert set(plain["tokens"].tolist()) < set(s.tolist())
