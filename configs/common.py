@@ -201,6 +201,8 @@ KEY_DOCS = {
     "model.dtype": "compute dtype of activations and matmul inputs (float32 | bfloat16)",
     "model.param_dtype": "dtype the parameters are stored and updated in",
     "model.remat": "rematerialize each block in the backward pass (memory for FLOPs)",
+    "model.ctc_weight": ("encdec: weight w of a CTC loss on the encoder (trains (1-w) CE + w CTC; "
+                         "0 = the attention decoder alone)"),
     "model.fp8_activations": "COAT: keep activations for the backward pass in FP8 E4M3 "
                              "(linear inputs per-tensor, norm/SwiGLU inputs per 1x16 group)",
     "model.attention_block": "0: dense attention; > 0: blockwise (FlashAttention-style) "
